@@ -1,0 +1,250 @@
+"""Event schemas and their row-level validation, as Ibis expressions.
+
+`normalize` turns a raw table (columns as read from a file or request, any types) into the typed
+shape of the data contract (DESIGN.md section 4) plus two bookkeeping columns: `_row`, the record
+number in the source, and `_error`, null for a good row or the reason the row is rejected.
+Because it is an Ibis expression, the same validation runs in DuckDB at ingest and in any engine
+at evaluation time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Literal
+
+import ibis
+import ibis.expr.datatypes as dt
+import ibis.expr.types as ir
+
+from msewatch.errors import InputError
+
+__all__ = [
+    "ColumnMap",
+    "Kind",
+    "MAX_ID_LENGTH",
+    "MAX_STRING_LENGTH",
+    "UTC",
+    "normalize",
+    "required_columns",
+]
+
+Kind = Literal["predictions", "labels", "joined"]
+
+UTC = dt.Timestamp(timezone="UTC")
+MAX_ID_LENGTH = 256
+MAX_STRING_LENGTH = 1024
+DEFAULT_MODEL = "default"
+DEFAULT_VERSION = "default"
+
+# epoch seconds accepted as timestamps: years 1 to 9999
+_EPOCH_MIN = -62_135_596_800.0
+_EPOCH_MAX = 253_402_300_799.0
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Names of the contract columns in the user's data (`--id-col`, `--ts-col`, …)."""
+
+    prediction_id: str = "prediction_id"
+    ts: str = "ts"
+    model: str = "model"
+    version: str = "version"
+    y_pred: str = "y_pred"
+    y_true: str = "y_true"
+    label_ts: str = "label_ts"
+
+    def with_overrides(self, **names: str | None) -> ColumnMap:
+        """This map with the given (non-None) names replaced."""
+        return replace(self, **{k: v for k, v in names.items() if v})
+
+    def source_names(self) -> dict[str, str]:
+        """Contract name → source column name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def required_columns(kind: Kind) -> tuple[str, ...]:
+    """Contract columns a source of this kind must have."""
+    return {
+        "predictions": ("prediction_id", "ts", "y_pred"),
+        "labels": ("prediction_id", "y_true"),
+        "joined": ("y_pred", "y_true"),
+    }[kind]
+
+
+def normalize(
+    raw: ir.Table,
+    kind: Kind,
+    columns: ColumnMap = ColumnMap(),
+    *,
+    source: str = "",
+    default_model: str | None = None,
+    default_version: str | None = None,
+    feature_columns: frozenset[str] = frozenset(),
+    segment_columns: frozenset[str] = frozenset(),
+) -> ir.Table:
+    """Typed contract columns, pass-through extras, `_row` and the rejection reason `_error`.
+
+    Extras (columns outside the contract) keep their values: those named in `feature_columns`,
+    and numeric ones not named in `segment_columns`, become float64 features; everything else
+    becomes a string segment.
+    Raises InputError when a required column is missing.
+    """
+    names = columns.source_names()
+    present = set(raw.columns)
+    missing = [names[c] for c in required_columns(kind) if names[c] not in present]
+    if missing:
+        what = ", ".join(repr(m) for m in missing)
+        found = ", ".join(repr(c) for c in raw.columns if c != "_row") or "none"
+        raise InputError(
+            f"{source or 'input'}: missing required column {what} for {kind}; found columns: {found}."
+        )
+
+    def col(contract: str) -> ir.Column | None:
+        name = names[contract]
+        return raw[name] if name in present else None
+
+    checks: list[tuple[ir.BooleanValue, ir.StringValue]] = []
+    out: dict[str, ir.Value] = {}
+
+    pid = col("prediction_id")
+    if pid is not None:
+        pid_str = _as_string(pid)
+        out["prediction_id"] = pid_str
+        checks += [
+            (pid_str.isnull() | (pid_str.strip().length() == 0), ibis.literal("prediction_id is empty")),
+            (
+                pid_str.length() > MAX_ID_LENGTH,
+                ibis.literal(f"prediction_id is longer than {MAX_ID_LENGTH} characters"),
+            ),
+        ]
+    elif kind == "joined":
+        out["prediction_id"] = raw["_row"].cast("string")
+
+    for contract in ("y_pred", "y_true"):
+        value = col(contract)
+        if value is not None:
+            number, number_checks = _finite_number(value, contract)
+            out[contract] = number
+            checks += number_checks
+
+    for contract, required in (("ts", kind == "predictions"), ("label_ts", False)):
+        value = col(contract)
+        if value is None:
+            if kind == "joined" and contract == "ts":
+                out["ts"] = ibis.null(UTC)
+            continue
+        stamp, stamp_checks = _timestamp(value, contract, required=required)
+        out[contract] = stamp
+        checks += stamp_checks
+
+    if kind != "labels":
+        for contract, default in (
+            ("model", default_model or DEFAULT_MODEL),
+            ("version", default_version or DEFAULT_VERSION),
+        ):
+            value = col(contract)
+            if value is None:
+                out[contract] = ibis.literal(default)
+            else:
+                text = _as_string(value)
+                out[contract] = ibis.ifelse(text.isnull() | (text.length() == 0), default, text)
+                checks.append(
+                    (
+                        text.length() > MAX_STRING_LENGTH,
+                        ibis.literal(f"{contract} is longer than {MAX_STRING_LENGTH} characters"),
+                    )
+                )
+        contract_sources = set(names.values())
+        for name in raw.columns:
+            if name in contract_sources or name.startswith("_"):
+                continue
+            value = raw[name]
+            numeric = value.type().is_numeric() and name not in segment_columns
+            if numeric or name in feature_columns:
+                number = _number(value)
+                out[name] = number
+                checks.append(
+                    (
+                        value.notnull() & (number.isnull() | number.isnan() | number.isinf()),
+                        "feature " + ibis.literal(repr(name)) + " is not a finite number: "
+                        + _quoted(value),
+                    )
+                )
+            else:
+                text = _as_string(value)
+                out[name] = text
+                checks.append(
+                    (
+                        text.length() > MAX_STRING_LENGTH,
+                        ibis.literal(
+                            f"segment {name!r} is longer than {MAX_STRING_LENGTH} characters"
+                        ),
+                    )
+                )
+
+    error: ir.StringValue = ibis.null("string")
+    for condition, reason in reversed(checks):
+        error = ibis.ifelse(condition.fill_null(False), reason, error)
+    return raw.select(**out, _row=raw["_row"].cast("int64"), _error=error)
+
+
+def _as_string(value: ir.Value) -> ir.StringValue:
+    return value if value.type().is_string() else value.cast("string")
+
+
+def _quoted(value: ir.Value) -> ir.StringValue:
+    text = _as_string(value).substr(0, 80)
+    return "'" + text.fill_null("") + "'"
+
+
+def _number(value: ir.Value) -> ir.FloatingValue:
+    typ = value.type()
+    if typ.is_numeric():
+        return value.cast("float64")
+    if typ.is_string():
+        return value.strip().try_cast("float64")
+    return value.try_cast("float64")
+
+
+def _finite_number(
+    value: ir.Value, name: str
+) -> tuple[ir.FloatingValue, list[tuple[ir.BooleanValue, ir.StringValue]]]:
+    number = _number(value)
+    checks = [
+        (value.isnull(), ibis.literal(f"{name} is missing")),
+        (number.isnull(), f"{name} is not a number: " + _quoted(value)),
+        (number.isnan() | number.isinf(), f"{name} is not a finite number: " + _quoted(value)),
+    ]
+    return number, checks
+
+
+def _epoch_to_timestamp(seconds: ir.FloatingValue) -> ir.TimestampValue:
+    bounded = ibis.ifelse(seconds.between(_EPOCH_MIN, _EPOCH_MAX), seconds, ibis.null("float64"))
+    millis = (bounded * 1000.0).round().cast("int64")
+    return millis.as_timestamp("ms").cast(UTC)
+
+
+def _timestamp(
+    value: ir.Value, name: str, *, required: bool
+) -> tuple[ir.TimestampValue, list[tuple[ir.BooleanValue, ir.StringValue]]]:
+    """ISO 8601 (naive means UTC) or epoch seconds, as a UTC timestamp."""
+    typ = value.type()
+    if typ.is_timestamp() or typ.is_date():
+        stamp = value.cast(UTC)
+    elif typ.is_numeric():
+        stamp = _epoch_to_timestamp(value.cast("float64"))
+    else:
+        text = _as_string(value).strip()
+        stamp = ibis.coalesce(
+            text.try_cast(UTC), _epoch_to_timestamp(text.try_cast("float64"))
+        )
+    checks: list[tuple[ir.BooleanValue, ir.StringValue]] = []
+    if required:
+        checks.append((value.isnull(), ibis.literal(f"{name} is missing")))
+    checks.append(
+        (
+            value.notnull() & stamp.isnull(),
+            f"{name} is not an ISO 8601 time or epoch seconds: " + _quoted(value),
+        )
+    )
+    return stamp, checks

@@ -1,0 +1,465 @@
+"""The embedded store: a DuckDB file holding predictions, label revisions and an ingest log.
+
+Writes are set-based and transactional: a file (or request) is staged in a temporary table
+batch by batch through Arrow, validated by `schema.normalize`, then merged with one statement per
+outcome inside a single transaction, so either every accepted row of the file is committed or
+none is. Prediction ids are immutable (same content again is a duplicate, different content a
+conflict); a different label for an id is a new revision, the newest revision counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import ibis
+import ibis.expr.types as ir
+import orjson
+import pyarrow as pa
+
+from msewatch.errors import InputError, StoreError, StoreLockedError
+from msewatch.io import BatchReader, ParseReject
+from msewatch.schema import ColumnMap, Kind, normalize, required_columns
+
+__all__ = ["IngestResult", "Reject", "Store", "default_db_path"]
+
+_CORE_PREDICTION_COLUMNS = ("prediction_id", "ts", "model", "version", "y_pred")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS predictions (
+    prediction_id VARCHAR NOT NULL,
+    ts TIMESTAMPTZ NOT NULL,
+    model VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    y_pred DOUBLE NOT NULL,
+    source VARCHAR,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS labels (
+    prediction_id VARCHAR NOT NULL,
+    y_true DOUBLE NOT NULL,
+    label_ts TIMESTAMPTZ,
+    revision INTEGER NOT NULL,
+    is_current BOOLEAN NOT NULL,
+    source VARCHAR,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS extra_columns (
+    name VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,  -- 'segment' (text) or 'feature' (number)
+    added_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingest_log (
+    kind VARCHAR NOT NULL,
+    source VARCHAR,
+    accepted BIGINT NOT NULL,
+    duplicates BIGINT NOT NULL,
+    rejected BIGINT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    finished_at TIMESTAMPTZ NOT NULL
+);
+"""
+
+
+def default_db_path() -> str:
+    """`MSEWATCH_DB` if set, else `msewatch.duckdb` in the working directory."""
+    return os.environ.get("MSEWATCH_DB") or "msewatch.duckdb"
+
+
+@dataclass(frozen=True)
+class Reject:
+    """A row refused at ingest, with the reason and the values as received."""
+
+    row: int
+    error: str
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejects: list[Reject] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return len(self.rejects)
+
+    def summary(self) -> dict[str, int]:
+        return {"accepted": self.accepted, "duplicates": self.duplicates, "rejected": self.rejected}
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Store:
+    """A DuckDB file (or `:memory:`) with msewatch's tables.
+
+    >>> with Store(":memory:") as store:
+    ...     store.count("predictions")
+    0
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, read_only: bool = False) -> None:
+        self.path = str(path)
+        if read_only and self.path != ":memory:" and not Path(self.path).exists():
+            raise StoreError(f"{self.path}: no such store; create it with `msewatch ingest`.")
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as exc:
+            text = str(exc)
+            if "lock" in text.lower():
+                raise StoreLockedError(
+                    f"{self.path} is in use by another process (DuckDB allows one writer); "
+                    "stop that process, or query it through its server with --server URL."
+                ) from exc
+            raise StoreError(f"{self.path}: cannot open the store ({text.splitlines()[0]}).") from exc
+        except duckdb.Error as exc:
+            raise StoreError(
+                f"{self.path}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})."
+            ) from exc
+        self.con.execute("SET TimeZone = 'UTC'")
+        if not read_only:
+            self.con.execute(_DDL)
+        self.engine = ibis.duckdb.from_connection(self.con)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------------
+    def count(self, table: str) -> int:
+        if table not in ("predictions", "labels", "ingest_log"):
+            raise ValueError(f"unknown table {table!r}")
+        return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+
+    def predictions(self) -> ir.Table:
+        """All stored predictions, with segment and feature columns."""
+        return self.engine.table("predictions")
+
+    def current_labels(self) -> ir.Table:
+        """The newest revision of each label: prediction_id, y_true, label_ts."""
+        labels = self.engine.table("labels")
+        return labels.filter(labels.is_current).select("prediction_id", "y_true", "label_ts")
+
+    def extra_columns(self) -> dict[str, str]:
+        """Segment and feature columns of the predictions table: name → 'segment' | 'feature'."""
+        return dict(self.con.execute("SELECT name, kind FROM extra_columns ORDER BY name").fetchall())
+
+    # -- writing --------------------------------------------------------------------------------
+    def ingest_file(
+        self,
+        kind: Kind,
+        path: str | os.PathLike[str],
+        columns: ColumnMap = ColumnMap(),
+        *,
+        source: str | None = None,
+        default_model: str | None = None,
+        default_version: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> IngestResult:
+        """Ingest one Parquet, CSV or NDJSON file in one transaction."""
+        reader = BatchReader(Path(path))
+        if reader.columns:  # Parquet and CSV know their columns before the first row
+            _check_columns(kind, columns, reader.columns, str(path))
+
+        def batches() -> Iterable[pa.RecordBatch]:
+            for batch in reader:
+                yield batch
+                if progress:
+                    progress(reader.position, reader.total)
+
+        result = self.ingest_batches(
+            kind,
+            batches(),
+            columns,
+            source=source if source is not None else str(path),
+            default_model=default_model,
+            default_version=default_version,
+            parse_rejects=reader.parse_rejects,
+        )
+        return result
+
+    def ingest_batches(
+        self,
+        kind: Kind,
+        batches: Iterable[pa.RecordBatch],
+        columns: ColumnMap = ColumnMap(),
+        *,
+        source: str = "",
+        default_model: str | None = None,
+        default_version: str | None = None,
+        parse_rejects: Sequence[ParseReject] = (),
+    ) -> IngestResult:
+        """Validate, deduplicate and commit Arrow batches (each with `_row`) as one transaction."""
+        if kind not in ("predictions", "labels"):
+            raise ValueError(f"kind must be 'predictions' or 'labels'; got {kind!r}")
+        started = _now()
+        result = IngestResult()
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            stage = _Stage(self, kind, columns, source, default_model, default_version)
+            for batch in batches:
+                stage.add(batch, result)
+            stage.finish()
+            result.rejects[:0] = [Reject(p.row, p.error, {"_raw": p.raw}) for p in parse_rejects]
+            if stage.rows:
+                if kind == "predictions":
+                    self._merge_predictions(stage, result)
+                else:
+                    self._merge_labels(stage, result)
+            result.rejects.sort(key=lambda r: r.row)
+            con.execute(
+                "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [kind, source, result.accepted, result.duplicates, result.rejected, started, _now()],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            con.execute("DROP TABLE IF EXISTS _stage")
+        return result
+
+    def _merge_predictions(self, stage: _Stage, result: IngestResult) -> None:
+        con = self.con
+        content = [*_CORE_PREDICTION_COLUMNS[1:], *stage.extras]
+        same_as = lambda a, b: " AND ".join(  # noqa: E731
+            f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _ranked AS SELECT *, row_number() OVER "
+            "(PARTITION BY prediction_id ORDER BY _row) AS _rn FROM _stage WHERE _error IS NULL"
+        )
+        # repeats inside the file: identical ones are duplicates, different ones conflicts
+        rows = con.execute(
+            f"""SELECT r._row, r.prediction_id, f._row, {same_as('r', 'f')}
+            FROM _ranked r JOIN _ranked f ON f.prediction_id = r.prediction_id AND f._rn = 1
+            WHERE r._rn > 1"""
+        ).fetchall()
+        for row, pid, first_row, same in rows:
+            if same:
+                result.duplicates += 1
+            else:
+                result.rejects.append(
+                    Reject(row, f"prediction_id {pid!r} appears earlier in this input (row {first_row}) "
+                           "with different content", {})
+                )
+        # against the store
+        rows = con.execute(
+            f"""SELECT r._row, r.prediction_id, {same_as('r', 'p')}
+            FROM _ranked r JOIN predictions p ON p.prediction_id = r.prediction_id
+            WHERE r._rn = 1"""
+        ).fetchall()
+        for row, pid, same in rows:
+            if same:
+                result.duplicates += 1
+            else:
+                result.rejects.append(
+                    Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
+                )
+        names = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *stage.extras])
+        inserted = con.execute(
+            f"""INSERT INTO predictions ({names}, source, ingested_at)
+            SELECT {names}, ?, ? FROM _ranked r
+            WHERE r._rn = 1 AND NOT EXISTS
+                (SELECT 1 FROM predictions p WHERE p.prediction_id = r.prediction_id)""",
+            [stage.source, _now()],
+        ).fetchone()
+        result.accepted += int(inserted[0]) if inserted else 0
+        con.execute("DROP TABLE IF EXISTS _ranked")
+
+    def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
+        con = self.con
+        # order within the input: by label time (unknown first), then row; a label equal to one
+        # already seen for the id (same value and label time) is a duplicate, never a revision
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _ranked AS
+            SELECT s.*,
+                row_number() OVER (PARTITION BY prediction_id, y_true, label_ts ORDER BY _row) AS _copy,
+                EXISTS (SELECT 1 FROM labels l WHERE l.prediction_id = s.prediction_id
+                        AND l.y_true = s.y_true AND l.label_ts IS NOT DISTINCT FROM s.label_ts) AS _stored
+            FROM _stage s WHERE _error IS NULL"""
+        )
+        dup = con.execute("SELECT count(*) FROM _ranked WHERE _copy > 1 OR _stored").fetchone()
+        result.duplicates += int(dup[0]) if dup else 0
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _new AS
+            SELECT n.prediction_id, n.y_true, n.label_ts,
+                coalesce(m.revision, 0) + row_number() OVER
+                    (PARTITION BY n.prediction_id ORDER BY n.label_ts NULLS FIRST, n._row) AS revision,
+                row_number() OVER
+                    (PARTITION BY n.prediction_id ORDER BY n.label_ts DESC NULLS LAST, n._row DESC) = 1
+                    AS is_current
+            FROM (SELECT * FROM _ranked WHERE _copy = 1 AND NOT _stored) n
+            LEFT JOIN (SELECT prediction_id, max(revision) AS revision FROM labels
+                       GROUP BY prediction_id) m USING (prediction_id)"""
+        )
+        con.execute(
+            """UPDATE labels SET is_current = false WHERE is_current
+            AND prediction_id IN (SELECT prediction_id FROM _new)"""
+        )
+        inserted = con.execute(
+            """INSERT INTO labels
+            SELECT prediction_id, y_true, label_ts, revision, is_current, ?, ? FROM _new""",
+            [stage.source, _now()],
+        ).fetchone()
+        result.accepted += int(inserted[0]) if inserted else 0
+        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new")
+
+
+class _Stage:
+    """The temporary table `_stage` that one ingest fills batch by batch."""
+
+    def __init__(
+        self,
+        store: Store,
+        kind: Kind,
+        columns: ColumnMap,
+        source: str,
+        default_model: str | None,
+        default_version: str | None,
+    ) -> None:
+        self.store, self.kind, self.columns, self.source = store, kind, columns, source
+        self.default_model, self.default_version = default_model, default_version
+        self.known = store.extra_columns()
+        self.extras: dict[str, str] = {}
+        self.rows = 0
+        self.seen_required: set[str] = set()
+        self.created = False
+
+    def add(self, batch: pa.RecordBatch, result: IngestResult) -> None:
+        names = self.columns.source_names()
+        required = [names[c] for c in required_columns(self.kind)]
+        self.seen_required |= {n for n in required if n in batch.schema.names}
+        for name in required:  # NDJSON: a key no record of this batch has is a null column
+            if name not in batch.schema.names:
+                batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
+        if self.kind == "predictions":
+            self._register_extras(batch)
+        raw = ibis.table(ibis.Schema.from_pyarrow(batch.schema), name="_batch")
+        expr = normalize(
+            raw,
+            self.kind,
+            self.columns,
+            source=self.source,
+            default_model=self.default_model,
+            default_version=self.default_version,
+            feature_columns=frozenset(n for n, k in self.extras.items() if k == "feature"),
+            segment_columns=frozenset(n for n, k in self.extras.items() if k == "segment"),
+        )
+        sql = ibis.to_sql(expr, dialect="duckdb")
+        con = self.store.con
+        con.register("_batch", batch)
+        try:
+            if not self.created:
+                con.execute(f"CREATE TEMP TABLE _stage AS {sql} LIMIT 0")
+                self._add_stage_columns()
+                self.created = True
+            else:
+                self._add_stage_columns()
+            con.execute(f"INSERT INTO _stage BY NAME {sql}")
+            bad = con.execute(
+                f"SELECT _row, _error FROM ({sql}) WHERE _error IS NOT NULL ORDER BY _row"
+            ).fetchall()
+        finally:
+            con.unregister("_batch")
+        if bad:
+            position = {row: i for i, row in enumerate(batch.column("_row").to_pylist())}
+            records = batch.take(pa.array([position[row] for row, _ in bad])).to_pylist()
+            for (row, error), record in zip(bad, records):
+                record.pop("_row", None)
+                result.rejects.append(Reject(row, error, record))
+        self.rows += batch.num_rows - len(bad)
+
+    def _register_extras(self, batch: pa.RecordBatch) -> None:
+        contract = set(self.columns.source_names().values())
+        con = self.store.con
+        for f in batch.schema:
+            name = f.name
+            if name in contract or name.startswith("_") or name in self.extras:
+                continue
+            kind = self.known.get(name) or _infer_kind(batch.column(name))
+            self.extras[name] = kind
+            if name not in self.known:
+                sql_type = "DOUBLE" if kind == "feature" else "VARCHAR"
+                con.execute(f"ALTER TABLE predictions ADD COLUMN {_q(name)} {sql_type}")
+                con.execute("INSERT INTO extra_columns VALUES (?, ?, ?)", [name, kind, _now()])
+                self.known[name] = kind
+
+    def _add_stage_columns(self) -> None:
+        if not self.created:
+            return
+        con = self.store.con
+        have = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE _stage)").fetchall()}
+        for name, kind in self.extras.items():
+            if name not in have:
+                con.execute(
+                    f"ALTER TABLE _stage ADD COLUMN {_q(name)} {'DOUBLE' if kind == 'feature' else 'VARCHAR'}"
+                )
+
+    def finish(self) -> None:
+        names = self.columns.source_names()
+        missing = [names[c] for c in required_columns(self.kind) if names[c] not in self.seen_required]
+        if self.created and missing:
+            what = ", ".join(repr(m) for m in missing)
+            raise InputError(f"{self.source}: missing required column {what} for {self.kind}.")
+        if not self.created:
+            self.rows = 0
+
+
+def _infer_kind(column: pa.Array) -> str:
+    """'feature' for numbers (or text that is all numbers), else 'segment'."""
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+        return "feature"
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        values = [v for v in column.to_pylist()[:10_000] if v is not None and v.strip()]
+        if values and all(_is_number(v) for v in values):
+            return "feature"
+    return "segment"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_columns(kind: Kind, columns: ColumnMap, present: Sequence[str], source: str) -> None:
+    names = columns.source_names()
+    missing = [names[c] for c in required_columns(kind) if names[c] not in present]
+    if missing:
+        what = ", ".join(repr(m) for m in missing)
+        found = ", ".join(repr(c) for c in present) or "none"
+        raise InputError(f"{source}: missing required column {what} for {kind}; found columns: {found}.")
+
+
+def _q(name: str) -> str:
+    """A quoted SQL identifier; column names are data, never SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def rejects_to_ndjson(rejects: Iterable[Reject]) -> bytes:
+    """One JSON object per rejected row: row, error and the values as received."""
+    return b"".join(
+        orjson.dumps({"row": r.row, "error": r.error, "record": r.record}, default=str) + b"\n"
+        for r in rejects
+    )
