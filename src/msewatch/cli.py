@@ -1,0 +1,273 @@
+"""The `msewatch` command: parses options, calls the library, prints. Nothing else lives here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from msewatch import __version__
+from msewatch.errors import MsewatchError
+
+USAGE_ERROR = 2
+
+
+def _column_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that map the contract's column names onto the user's."""
+    options = [
+        ("--id-col", "prediction_id", "column holding the prediction id"),
+        ("--ts-col", "ts", "column holding the prediction time (ISO 8601 or epoch seconds)"),
+        ("--model-col", "model", "column holding the model name"),
+        ("--version-col", "version", "column holding the model version"),
+        ("--pred-col", "y_pred", "column holding the prediction"),
+        ("--label-col", "y_true", "column holding the true value (label)"),
+        ("--label-ts-col", "label_ts", "column holding the time the label became known"),
+    ]
+    for flag, default, text in reversed(options):
+        func = click.option(flag, default=None, metavar="NAME", help=f"{text} [default: {default}]")(func)
+    return func
+
+
+def _columns(kw: dict[str, Any]) -> Any:
+    from msewatch.schema import ColumnMap
+
+    return ColumnMap().with_overrides(
+        prediction_id=kw.pop("id_col"),
+        ts=kw.pop("ts_col"),
+        model=kw.pop("model_col"),
+        version=kw.pop("version_col"),
+        y_pred=kw.pop("pred_col"),
+        y_true=kw.pop("label_col"),
+        label_ts=kw.pop("label_ts_col"),
+    )
+
+
+def _fail(message: str) -> None:
+    click.echo(f"msewatch: error: {message}", err=True)
+    sys.exit(USAGE_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="msewatch")
+def cli() -> None:
+    """Measure and guard regression models by Mean Squared Error.
+
+    Evaluate holdout sets and production predictions joined to labels that arrive late, by
+    time window, cohort and version. Start with `msewatch demo`.
+    """
+
+
+# -- eval ----------------------------------------------------------------------------------------
+@cli.command("eval")
+@click.option("--data", type=click.Path(dir_okay=False), help="Joined file: y_pred and y_true on each row (a holdout set).")
+@click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False), help="Predictions file (with --labels).")
+@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="Labels file (with --predictions); the latest label_ts per id counts.")
+@click.option("--db", type=click.Path(dir_okay=False), help="Evaluate the store in this DuckDB file.")
+@click.option("--model", help="Only this model.")
+@click.option("--version", "model_version", help="Only this model version.")
+@click.option("--window", metavar="DURATION", help="Tumbling windows by prediction time, aligned to the UTC epoch: 15m, 1h, 1d…")
+@click.option("--rolling", metavar="DURATION", help="Sliding windows of this size (with --step).")
+@click.option("--step", metavar="DURATION", help="Step between sliding windows [default: the window size].")
+@click.option("--by", metavar="COL,…", help="Group by these columns (segments, version, model).")
+@click.option("--since", metavar="TIME", help="Predictions at or after this time (ISO 8601 or epoch seconds).")
+@click.option("--until", metavar="TIME", help="Predictions before this time.")
+@click.option("--huber-delta", type=float, default=1.0, show_default=True, help="δ of the Huber loss.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@_column_options
+def eval_command(**kw: Any) -> None:
+    """Evaluate MSE, RMSE, MAE, bias, R², MAPE, Huber and squared-error quantiles.
+
+    \b
+    Three sources:
+      msewatch eval --data holdout.parquet
+      msewatch eval --predictions preds.parquet --labels labels.csv --window 1h --by region,version
+      msewatch eval --db msewatch.duckdb --model pricing --rolling 24h --step 1h
+    Rows that fail validation are left out and counted on stderr; `msewatch ingest` lists them.
+    """
+    from msewatch.evaluate import EvalSpec, metric_columns, run_evaluation
+    from msewatch.output import render
+    from msewatch.units import parse_duration, parse_instant
+
+    columns = _columns(kw)
+    modes = [m for m in ("data", "predictions_path", "db") if kw[m]]
+    if len(modes) != 1:
+        _fail("give exactly one source: --data FILE, --predictions FILE --labels FILE, or --db FILE.")
+    if bool(kw["predictions_path"]) != bool(kw["labels_path"]):
+        _fail("--predictions and --labels go together.")
+    if kw["data"] and kw["labels_path"]:
+        _fail("--data already holds labels; drop --labels.")
+    by = tuple(c.strip() for c in (kw["by"] or "").split(",") if c.strip())
+    spec = EvalSpec(
+        window=parse_duration(kw["window"], option="--window") if kw["window"] else None,
+        rolling=parse_duration(kw["rolling"], option="--rolling") if kw["rolling"] else None,
+        step=parse_duration(kw["step"], option="--step") if kw["step"] else None,
+        by=by,
+        since=parse_instant(kw["since"], option="--since") if kw["since"] else None,
+        until=parse_instant(kw["until"], option="--until") if kw["until"] else None,
+        model=kw["model"],
+        version=kw["model_version"],
+        huber_delta=kw["huber_delta"],
+    )
+    store = None
+    if kw["db"]:
+        from msewatch.sources import from_store
+        from msewatch.store import Store
+
+        store = Store(kw["db"], read_only=True)
+        source = from_store(store)
+    elif kw["data"]:
+        from msewatch.sources import from_joined
+
+        source = from_joined(kw["data"], columns)
+    else:
+        from msewatch.sources import from_files
+
+        source = from_files(kw["predictions_path"], kw["labels_path"], columns)
+    try:
+        rows = run_evaluation(source.engine, source.predictions, source.labels, spec)
+    finally:
+        if store is not None:
+            store.close()
+    for name, n in source.skipped.items():
+        first = "; ".join(source.reasons.get(name, []))
+        click.echo(
+            f"msewatch: warning: left out {n} invalid row{'s' * (n != 1)} of {name} ({first}); "
+            "`msewatch ingest … --rejects FILE` lists them all.",
+            err=True,
+        )
+    group = (["window_start", "window_end"] if spec.windowed else []) + list(spec.by)
+    click.echo(render(rows, group + metric_columns(rows), kw["fmt"]))
+
+
+# -- ingest --------------------------------------------------------------------------------------
+@cli.command("ingest")
+@click.argument("kind", type=click.Choice(["predictions", "labels"]))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB store file [default: $MSEWATCH_DB or msewatch.duckdb].")
+@click.option("--rejects", type=click.Path(dir_okay=False), help="Write rejected rows with their reasons to this NDJSON file.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--source", help="Provenance recorded with every row [default: the file path].")
+@click.option("--model", "default_model", help="Model name for rows without one [default: 'default'].")
+@click.option("--version", "default_version", help="Model version for rows without one [default: 'default'].")
+@_column_options
+def ingest_command(kind: str, file: str, **kw: Any) -> None:
+    """Load a Parquet, CSV or NDJSON file of predictions or labels into the store.
+
+    \b
+    Re-ingesting a file changes nothing (its rows count as duplicates). A prediction id stored
+    with different content is a conflict and is rejected. A different label for an id is a new
+    revision: the newest counts, history is kept. Labels may arrive before their predictions.
+    The file is committed in one transaction; bad rows are rejected with their reason and the
+    good rows beside them still land.
+    """
+    from msewatch.store import Store, default_db_path, rejects_to_ndjson
+
+    columns = _columns(kw)
+    db = kw["db"] or default_db_path()
+    from msewatch.io import BatchReader
+
+    BatchReader(Path(file))  # fail on a missing or unknown file before creating a store
+    with Store(db) as store, _progress(f"ingest {Path(file).name}") as progress:
+        result = store.ingest_file(
+            kind,  # type: ignore[arg-type]
+            file,
+            columns,
+            source=kw["source"],
+            default_model=kw["default_model"],
+            default_version=kw["default_version"],
+            progress=progress,
+        )
+    if kw["rejects"]:
+        Path(kw["rejects"]).write_bytes(rejects_to_ndjson(result.rejects))
+    if kw["fmt"] == "json":
+        import orjson
+
+        click.echo(orjson.dumps(result.summary()).decode())
+    else:
+        click.echo(
+            f"{kind}: {result.accepted} accepted, {result.duplicates} duplicates, "
+            f"{result.rejected} rejected ({db})"
+        )
+        for reject in result.rejects[:5]:
+            click.echo(f"  rejected row {reject.row}: {reject.error}", err=True)
+        if result.rejected > 5:
+            hint = "" if kw["rejects"] else "; --rejects FILE writes them all"
+            click.echo(f"  … and {result.rejected - 5} more{hint}", err=True)
+
+
+class _progress:
+    """A progress bar on stderr for work that takes long enough to watch."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Callable[[int, int], None]:
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self._progress is None:
+            if total < 20_000_000 and done >= total:
+                return  # small input: finished before a bar is worth drawing
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                TaskProgressColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=total)
+        self._progress.update(self._task, completed=done)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# -- demo ----------------------------------------------------------------------------------------
+@cli.command("demo")
+@click.option("--db", type=click.Path(dir_okay=False), default="msewatch-demo.duckdb", show_default=True, help="Store file to (re)create for the demo.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the scenario.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def demo_command(db: str, seed: int, fmt: str) -> None:
+    """Run a realistic monitoring scenario end to end and show what on-call would need.
+
+    A pricing model serves four regions for three weeks; labels arrive hours to days late and
+    some never; a data drift degrades one region; version v2, rolled out in week three, is
+    worse. The scenario is written as files, ingested into DB through `msewatch ingest`'s code
+    path, and evaluated by `msewatch eval`'s.
+    """
+    from msewatch.demo import run_demo
+
+    run_demo(db, seed=seed, fmt=fmt, echo=click.echo)
+
+
+def main() -> None:
+    """Entry point: domain errors become one line on stderr and exit status 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("msewatch: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MsewatchError as exc:
+        _fail(str(exc))
+    except BrokenPipeError:
+        sys.exit(0)
+    except SystemExit:
+        raise
+
+
+if __name__ == "__main__":
+    main()
