@@ -91,6 +91,8 @@ class BatchReader:
             self.columns = list(self._parquet.schema_arrow.names)
         else:
             self.total = self.path.stat().st_size
+            if self.total == 0 and self.fmt == "ndjson":
+                raise InputError(f"{self.path}: empty NDJSON file (0 bytes).")
             self.columns = self._csv_header() if self.fmt == "csv" else []
 
     def __iter__(self) -> Iterator[pa.RecordBatch]:
@@ -106,21 +108,29 @@ class BatchReader:
         start = 0
         try:
             for batch in self._parquet.iter_batches(batch_size=self.batch_rows):
-                yield _with_rows(batch, start + 1)
+                out = _with_rows(batch, start + 1)
                 start += batch.num_rows
-                self.position = start
+                self.position = start  # before the yield: the consumer reports progress then
+                yield out
         except (OSError, pa.ArrowException) as exc:
             raise InputError(f"{self.path}: unreadable Parquet data ({_first_line(exc)}).") from exc
 
     # -- CSV ----------------------------------------------------------------------------------
     def _csv_header(self) -> list[str]:
         with open(self.path, newline="", encoding="utf-8-sig", errors="replace") as fh:
+            lines = csv.reader(fh)
             try:
-                header = next(csv.reader(fh))
+                header = next(lines)
             except StopIteration:
                 raise InputError(f"{self.path}: empty CSV file (no header line).") from None
             except csv.Error as exc:
                 raise InputError(f"{self.path}: unreadable CSV header ({exc}).") from exc
+            try:
+                has_data = any(any(v.strip() for v in line) for line in lines)
+            except csv.Error:
+                has_data = True  # something follows the header; the reader reports it per row
+            if not has_data:
+                raise InputError(f"{self.path}: CSV file has a header line but no data rows.")
         names = [h.strip() for h in header]
         if not any(names):
             raise InputError(f"{self.path}: empty CSV header line.")
@@ -163,8 +173,8 @@ class BatchReader:
                     if batch.num_rows == 0:
                         continue
                     rows, start = _record_numbers(start, batch.num_rows, skipped)
+                    self.position = fh.tell()  # before the yield: the consumer reports progress then
                     yield _with_rows(batch, rows)
-                    self.position = fh.tell()
             except (pa.ArrowException, UnicodeDecodeError) as exc:
                 raise InputError(f"{self.path}: unreadable CSV ({_first_line(exc)}).") from exc
         self.position = self.total

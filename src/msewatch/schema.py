@@ -158,6 +158,12 @@ def normalize(
         for name in raw.columns:
             if name in contract_sources or name.startswith("_"):
                 continue
+            clash = next((k for k in out if k.casefold() == name.casefold()), None)
+            if clash is not None:  # would overwrite a contract column, or differs only by case
+                raise InputError(
+                    f"{source or 'input'}: column {name!r} clashes with column {clash!r} "
+                    "(names are case-insensitive); rename it, or map the columns with the options."
+                )
             value = raw[name]
             numeric = value.type().is_numeric() and name not in segment_columns
             if numeric or name in feature_columns:
@@ -238,6 +244,10 @@ def _timestamp(
         stamp = ibis.coalesce(
             text.try_cast(UTC), _epoch_to_timestamp(text.try_cast("float64"))
         )
+    # years 1 to 9999 only: the engine also parses 'infinity', BC and five-digit years, which
+    # no client can represent
+    in_range = stamp.epoch_seconds().between(_EPOCH_MIN, _EPOCH_MAX).fill_null(False)
+    stamp = ibis.ifelse(in_range, stamp, ibis.null(UTC))
     checks: list[tuple[ir.BooleanValue, ir.StringValue]] = []
     if required:
         checks.append((value.isnull(), ibis.literal(f"{name} is missing")))

@@ -130,7 +130,10 @@ def r2_score(y_true: ArrayLike, y_pred: ArrayLike) -> float | None:
     if np.all(yt == yt[0]):
         return None
     d = yt - yt.mean()
-    return float(1.0 - np.dot(r, r) / np.dot(d, d))
+    ss = np.dot(d, d)
+    if ss == 0.0:  # distinct targets whose spread underflows: the denominator is 0 all the same
+        return None
+    return float(1.0 - np.dot(r, r) / ss)
 
 
 def mean_absolute_percentage_error(y_true: ArrayLike, y_pred: ArrayLike) -> float | None:

@@ -20,6 +20,7 @@ __all__ = ["QuantileSketch"]
 
 #: values at or below this count as zero; keeps log() finite for subnormals
 _MIN_POSITIVE = 1e-300
+_MAX_FLOAT = float(np.finfo(np.float64).max)
 
 
 class QuantileSketch:
@@ -100,8 +101,17 @@ class QuantileSketch:
         for key in sorted(self._bins):
             seen += self._bins[key]
             if seen > rank:
-                return 2.0 * self._gamma**key / (self._gamma + 1.0)
+                return self._value(key)
         raise AssertionError("unreachable: rank below total count")  # pragma: no cover
+
+    def _value(self, key: int) -> float:
+        """The bucket's representative 2γᵏ/(γ + 1), capped at the largest float: for values near
+        it γᵏ itself overflows, and the cap is closer to every value of the bucket anyway."""
+        try:
+            value = self._gamma**key * (2.0 / (self._gamma + 1.0))
+        except OverflowError:
+            value = math.inf
+        return min(value, _MAX_FLOAT)
 
     def copy(self) -> QuantileSketch:
         out = QuantileSketch(self.relative_accuracy)

@@ -221,9 +221,12 @@ def _merge(na: int, ma: float, m2a: float, nb: int, mb: float, m2b: float) -> tu
 
 def _unmerge(nc: int, mc: float, m2c: float, nb: int, mb: float, m2b: float) -> tuple[float, float]:
     na = nc - nb
-    mean_a = (nc * mc - nb * mb) / na
-    if mean_a == mb:
-        return mean_a, max(m2c - m2b, 0.0)
-    delta = mb - mean_a
+    # the inverse of _merge's mean update, relative to mc: exact when B's mean is the combined
+    # mean (constant targets), and no cancellation of nc·mc against nb·mb
+    d = mb - mc
+    if d == 0.0:
+        return mc, max(m2c - m2b, 0.0)
+    mean_a = mc - d * (nb / na)
+    delta = d * (nc / na)  # mb − mean_a
     m2a = m2c - m2b - delta * delta * (na * nb / nc)
     return mean_a, max(m2a, 0.0)

@@ -344,7 +344,8 @@ class _Stage:
         names = self.columns.source_names()
         required = [names[c] for c in required_columns(self.kind)]
         self.seen_required |= {n for n in required if n in batch.schema.names}
-        for name in required:  # NDJSON: a key no record of this batch has is a null column
+        optional = [names["label_ts"]] if self.kind == "labels" else []
+        for name in [*required, *optional]:  # a key no record of this batch has is a null column
             if name not in batch.schema.names:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
         if self.kind == "predictions":
@@ -394,6 +395,13 @@ class _Stage:
             kind = self.known.get(name) or _infer_kind(batch.column(name))
             self.extras[name] = kind
             if name not in self.known:
+                stored = con.execute("SELECT column_name FROM (DESCRIBE predictions)").fetchall()
+                clash = next((c for (c,) in stored if c.casefold() == name.casefold()), None)
+                if clash is not None:  # 'source', 'ts' left over after a mapping, 'Region' vs 'region'
+                    raise InputError(
+                        f"{self.source}: column {name!r} clashes with the stored column {clash!r} "
+                        "(names are case-insensitive); rename it, or map the columns with the options."
+                    )
                 sql_type = "DOUBLE" if kind == "feature" else "VARCHAR"
                 con.execute(f"ALTER TABLE predictions ADD COLUMN {_q(name)} {sql_type}")
                 con.execute("INSERT INTO extra_columns VALUES (?, ?, ?)", [name, kind, _now()])

@@ -1,0 +1,137 @@
+"""Per-minute rollups of error statistics, kept in step with predictions and label revisions.
+
+One row per (model, version, minute of prediction time) holds the `ErrorStats` state of the
+labeled predictions in it: counts, Σr², Σ|r|, Σ|r|/max(|y|, ε), Σhuber (δ = 1), and the mean
+and centred sum of squares of r and of y. Long windows (a 28-day SLO) read these rows instead of
+rescanning raw predictions, and combine them with the parallel-variance formula, so bias,
+error variance and R² keep their digits at any offset.
+
+The ingest transaction calls `refresh` with the keys it touched: their rows are recomputed
+from the raw tables, so a corrected label (a new revision) replaces its old contribution
+exactly, with no running sums to drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msewatch.metrics import EPSILON, ErrorStats
+
+__all__ = [
+    "ROLLUP_DDL",
+    "ROLLUP_SECONDS",
+    "refresh",
+    "touched_by_labels",
+    "touched_by_predictions",
+    "window_stats",
+]
+
+ROLLUP_SECONDS = 60
+
+ROLLUP_DDL = """
+CREATE TABLE IF NOT EXISTS rollups (
+    model VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    bucket_start TIMESTAMPTZ NOT NULL,
+    n_predictions BIGINT NOT NULL,
+    n_labeled BIGINT NOT NULL,
+    sum_sq DOUBLE,
+    sum_abs DOUBLE,
+    sum_ape DOUBLE,
+    sum_huber DOUBLE,
+    mean_r DOUBLE,
+    m2_r DOUBLE,
+    mean_y DOUBLE,
+    m2_y DOUBLE
+);
+"""
+
+_BUCKET = f"to_timestamp(floor(epoch(p.ts) / {ROLLUP_SECONDS}) * {ROLLUP_SECONDS})"
+
+
+def refresh(con: Any, touched_sql: str) -> None:
+    """Recompute the rollup rows of the (model, version, bucket_start) keys `touched_sql` lists."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _touched AS SELECT DISTINCT * FROM ({touched_sql})")
+    con.execute(
+        """DELETE FROM rollups USING _touched t
+        WHERE rollups.model = t.model AND rollups.version = t.version
+          AND rollups.bucket_start = t.bucket_start"""
+    )
+    con.execute(
+        f"""INSERT INTO rollups
+        WITH joined AS (
+            SELECT p.model, p.version, {_BUCKET} AS bucket_start,
+                   l.y_true, p.y_pred - l.y_true AS r
+            FROM predictions p
+            JOIN _touched t ON p.model = t.model AND p.version = t.version
+                AND {_BUCKET} = t.bucket_start
+            LEFT JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
+        )
+        SELECT model, version, bucket_start,
+            count(*) AS n_predictions,
+            count(y_true) AS n_labeled,
+            sum(r * r), sum(abs(r)), sum(abs(r) / greatest(abs(y_true), {EPSILON!r})),
+            sum(CASE WHEN abs(r) <= 1.0 THEN 0.5 * r * r ELSE abs(r) - 0.5 END),
+            avg(r), var_pop(r) * count(r), avg(y_true), var_pop(y_true) * count(y_true)
+        FROM joined GROUP BY ALL"""
+    )
+    con.execute("DROP TABLE IF EXISTS _touched")
+
+
+def touched_by_predictions(stage_table: str) -> str:
+    """Keys of the minutes that newly inserted predictions fall in."""
+    return (
+        f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {stage_table} p"
+    )
+
+
+def touched_by_labels(new_labels_table: str) -> str:
+    """Keys of the minutes whose predictions just got a new current label."""
+    return (
+        f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM predictions p "
+        f"SEMI JOIN {new_labels_table} n ON n.prediction_id = p.prediction_id"
+    )
+
+
+def window_stats(
+    con: Any,
+    model: str,
+    version: str | None = None,
+    since: Any = None,
+    until: Any = None,
+) -> tuple[int, ErrorStats]:
+    """Predictions in [since, until) and the `ErrorStats` of their labeled pairs, from rollups."""
+    where = ["model = $model"]
+    params: dict[str, Any] = {"model": model}
+    if version is not None:
+        where.append("version = $version")
+        params["version"] = version
+    if since is not None:
+        where.append("bucket_start >= $since")
+        params["since"] = since
+    if until is not None:
+        where.append("bucket_start < $until")
+        params["until"] = until
+    row = con.execute(
+        f"""WITH r AS (SELECT * FROM rollups WHERE {' AND '.join(where)}),
+        g AS (SELECT sum(n_labeled) AS n,
+                     sum(n_labeled * mean_r) / sum(n_labeled) AS mr,
+                     sum(n_labeled * mean_y) / sum(n_labeled) AS my
+              FROM r WHERE n_labeled > 0)
+        SELECT (SELECT coalesce(sum(n_predictions), 0) FROM r), g.n,
+            sum(r.sum_sq), sum(r.sum_abs), sum(r.sum_ape), sum(r.sum_huber), g.mr,
+            sum(r.m2_r + r.n_labeled * (r.mean_r - g.mr) * (r.mean_r - g.mr)), g.my,
+            sum(r.m2_y + r.n_labeled * (r.mean_y - g.my) * (r.mean_y - g.my))
+        FROM r, g WHERE r.n_labeled > 0 GROUP BY g.n, g.mr, g.my""",
+        params,
+    ).fetchone()
+    if row is None:
+        total = con.execute(
+            f"SELECT coalesce(sum(n_predictions), 0) FROM rollups WHERE {' AND '.join(where)}", params
+        ).fetchone()
+        return int(total[0]), ErrorStats()
+    n_pred, n, sum_sq, sum_abs, sum_ape, sum_huber, mean_r, m2_r, mean_y, m2_y = row
+    return int(n_pred), ErrorStats(
+        n=int(n), sum_sq=sum_sq, sum_abs=sum_abs, sum_ape=sum_ape, sum_huber=sum_huber,
+        mean_r=mean_r, m2_r=max(m2_r, 0.0), mean_y=mean_y, m2_y=max(m2_y, 0.0),
+    )
