@@ -77,6 +77,7 @@ def run_cli(
         env=_clean_env(env),
         capture_output=True,
         timeout=timeout,
+        check=False,
         stdin=subprocess.DEVNULL,
     )
     return Run(
@@ -195,7 +196,9 @@ def write_records(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
     if suffix in (".jsonl", ".ndjson"):
         return write_ndjson(path, records)
     if suffix in (".parquet", ".pq"):
-        return write_parquet(path, pa.Table.from_pylist([{n: r.get(n) for n in names} for r in records]))
+        return write_parquet(
+            path, pa.Table.from_pylist([{n: r.get(n) for n in names} for r in records])
+        )
     raise ValueError(f"no writer for {path}")
 
 

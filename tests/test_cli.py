@@ -50,10 +50,12 @@ METRICS = [
 ]
 LABELED_ONLY = [m for m in METRICS if m not in ("n_predictions", "n_labeled", "label_coverage")]
 EPOCH0 = 1714564800  # 2024-05-01T12:00:00Z
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
-def reference_metrics(y_pred: list[float], y_true: list[float], delta: float = 1.0) -> dict[str, float]:
+def reference_metrics(
+    y_pred: list[float], y_true: list[float], delta: float = 1.0
+) -> dict[str, float]:
     """DESIGN.md section 4, computed with NumPy."""
     p, t = np.asarray(y_pred, float), np.asarray(y_true, float)
     r = p - t
@@ -77,7 +79,9 @@ def reference_metrics(y_pred: list[float], y_true: list[float], delta: float = 1
     }
 
 
-def assert_metrics(row: dict[str, Any], y_pred: list[float], y_true: list[float], n_predictions: int) -> None:
+def assert_metrics(
+    row: dict[str, Any], y_pred: list[float], y_true: list[float], n_predictions: int
+) -> None:
     assert row["n_predictions"] == n_predictions
     assert row["n_labeled"] == len(y_true)
     assert row["label_coverage"] == pytest.approx(len(y_true) / n_predictions, rel=1e-12)
@@ -99,15 +103,38 @@ def summary_of(run: Run) -> dict[str, int]:
 
 # -- help ----------------------------------------------------------------------------------------
 def test_help(cli_many: Any) -> None:
-    top, ev, ing, version = cli_many([["--help"], ["eval", "--help"], ["ingest", "--help"], ["--version"]])
+    top, ev, ing, version = cli_many(
+        [["--help"], ["eval", "--help"], ["ingest", "--help"], ["--version"]]
+    )
     for run in (top, ev, ing):
         assert run.returncode == 0, str(run)
         assert run.stdout.startswith("Usage:"), str(run)
         assert run.stderr == ""
     assert "eval" in top.stdout and "ingest" in top.stdout
-    for flag in ("--data", "--predictions", "--labels", "--db", "--window", "--rolling", "--step", "--by", "--format"):
+    for flag in (
+        "--data",
+        "--predictions",
+        "--labels",
+        "--db",
+        "--window",
+        "--rolling",
+        "--step",
+        "--by",
+        "--format",
+    ):
         assert flag in ev.stdout, flag
-    for flag in ("--db", "--rejects", "--format", "--id-col", "--ts-col", "--pred-col", "--label-col", "--label-ts-col", "--model-col", "--version-col"):
+    for flag in (
+        "--db",
+        "--rejects",
+        "--format",
+        "--id-col",
+        "--ts-col",
+        "--pred-col",
+        "--label-col",
+        "--label-ts-col",
+        "--model-col",
+        "--version-col",
+    ):
         assert flag in ing.stdout, flag
     assert version.returncode == 0 and "msewatch" in version.stdout
 
@@ -116,7 +143,8 @@ def test_help(cli_many: Any) -> None:
 def make_unusable_files(tmp_path: Path) -> dict[str, str]:
     """Unusable input files → a word the error line must contain."""
     good = write_parquet(
-        tmp_path / "good.parquet", {"prediction_id": ["a"] * 300, "ts": [EPOCH0] * 300, "y_pred": [1.0] * 300}
+        tmp_path / "good.parquet",
+        {"prediction_id": ["a"] * 300, "ts": [EPOCH0] * 300, "y_pred": [1.0] * 300},
     )
     data = good.read_bytes()
     write_text(tmp_path / "p.txt", "prediction_id,ts,y_pred\na,1,1\n")
@@ -145,7 +173,9 @@ def make_unusable_files(tmp_path: Path) -> dict[str, str]:
 def test_unusable_files_fail_cleanly_and_write_nothing(tmp_path: Path, cli_many: Any) -> None:
     cases = make_unusable_files(tmp_path)
     names = ["p.txt", "absent.csv", "corrupt.parquet", "header.csv"]
-    runs = cli_many([["ingest", "predictions", name, "--db", f"s{i}.duckdb"] for i, name in enumerate(names)])
+    runs = cli_many(
+        [["ingest", "predictions", name, "--db", f"s{i}.duckdb"] for i, name in enumerate(names)]
+    )
     for i, (run, name) in enumerate(zip(runs, names)):
         assert_usage_error(run, name, cases[name])
         assert run.stdout == ""
@@ -162,10 +192,22 @@ def test_unusable_files_every_kind(tmp_path: Path, main_in_process: Any) -> None
         assert_usage_error(main_in_process("eval", "--data", name), name, needle)
     write_csv(tmp_path / "labels.csv", ["prediction_id", "y_true"], [["a", 1.0]])
     write_csv(tmp_path / "preds.csv", ["prediction_id", "ts", "y_pred"], [["a", EPOCH0, 1.0]])
-    assert_usage_error(main_in_process("eval", "--predictions", "corrupt.parquet", "--labels", "labels.csv"), "corrupt.parquet")
-    assert_usage_error(main_in_process("eval", "--predictions", "header.csv", "--labels", "labels.csv"), "header.csv")
-    assert_usage_error(main_in_process("eval", "--predictions", "preds.csv", "--labels", "empty.jsonl"), "empty.jsonl")
-    assert_usage_error(main_in_process("eval", "--predictions", "preds.csv", "--labels", "absent.csv"), "absent.csv")
+    assert_usage_error(
+        main_in_process("eval", "--predictions", "corrupt.parquet", "--labels", "labels.csv"),
+        "corrupt.parquet",
+    )
+    assert_usage_error(
+        main_in_process("eval", "--predictions", "header.csv", "--labels", "labels.csv"),
+        "header.csv",
+    )
+    assert_usage_error(
+        main_in_process("eval", "--predictions", "preds.csv", "--labels", "empty.jsonl"),
+        "empty.jsonl",
+    )
+    assert_usage_error(
+        main_in_process("eval", "--predictions", "preds.csv", "--labels", "absent.csv"),
+        "absent.csv",
+    )
 
 
 @pytest.mark.xfail(
@@ -175,7 +217,9 @@ def test_unusable_files_every_kind(tmp_path: Path, main_in_process: Any) -> None
 )
 def test_directory_as_input_is_one_clear_line(tmp_path: Path, cli_many: Any) -> None:
     (tmp_path / "dir.csv").mkdir()
-    ingest, ev = cli_many([["ingest", "predictions", "dir.csv", "--db", "s.duckdb"], ["eval", "--data", "dir.csv"]])
+    ingest, ev = cli_many(
+        [["ingest", "predictions", "dir.csv", "--db", "s.duckdb"], ["eval", "--data", "dir.csv"]]
+    )
     assert ingest.returncode == 2 and ev.returncode == 2
     assert_nothing_written(tmp_path / "s.duckdb")
     assert_usage_error(ingest, "dir.csv")
@@ -205,7 +249,9 @@ def write_missing_column_files(tmp_path: Path) -> None:
 def test_missing_required_column(tmp_path: Path, cli_many: Any) -> None:
     write_missing_column_files(tmp_path)
     picked = [MISSING_CASES[2], MISSING_CASES[5]]
-    runs = cli_many([["ingest", kind, name, "--db", f"s{i}.duckdb"] for i, (kind, _, name) in enumerate(picked)])
+    runs = cli_many(
+        [["ingest", kind, name, "--db", f"s{i}.duckdb"] for i, (kind, _, name) in enumerate(picked)]
+    )
     for i, (run, (kind, missing, name)) in enumerate(zip(runs, picked)):
         assert_usage_error(run, name, f"'{missing}'", kind)
         assert_nothing_written(tmp_path / f"s{i}.duckdb")
@@ -214,18 +260,24 @@ def test_missing_required_column(tmp_path: Path, cli_many: Any) -> None:
 def test_missing_required_column_every_case(tmp_path: Path, main_in_process: Any) -> None:
     write_missing_column_files(tmp_path)
     for i, (kind, missing, name) in enumerate(MISSING_CASES):
-        run = main_in_process("ingest", kind, name, "--db", f"s{i}.duckdb", "--rejects", f"r{i}.ndjson")
+        run = main_in_process(
+            "ingest", kind, name, "--db", f"s{i}.duckdb", "--rejects", f"r{i}.ndjson"
+        )
         assert_usage_error(run, name, f"'{missing}'", kind)
         assert_nothing_written(tmp_path / f"s{i}.duckdb")
         assert not (tmp_path / f"r{i}.ndjson").exists()
     # the name asked for by a mapping option is the one reported
-    run = main_in_process("ingest", "predictions", "p1.csv", "--db", "m.duckdb", "--pred-col", "score")
+    run = main_in_process(
+        "ingest", "predictions", "p1.csv", "--db", "m.duckdb", "--pred-col", "score"
+    )
     assert_usage_error(run, "'score'")
     assert_nothing_written(tmp_path / "m.duckdb")
     # eval sources too
     write_csv(tmp_path / "j.csv", ["y_pred", "truth"], [[1.0, 2.0]])
     assert_usage_error(main_in_process("eval", "--data", "j.csv"), "'y_true'")
-    assert_usage_error(main_in_process("eval", "--predictions", "p1.csv", "--labels", "l2.csv"), "'prediction_id'")
+    assert_usage_error(
+        main_in_process("eval", "--predictions", "p1.csv", "--labels", "l2.csv"), "'prediction_id'"
+    )
 
 
 # -- rejects and the summary ---------------------------------------------------------------------
@@ -247,13 +299,25 @@ def test_ingest_rejects_file_and_summaries(tmp_path: Path, cli_many: Any) -> Non
     )
     preds, text = cli_many(
         [
-            ["ingest", "predictions", "p.csv", "--db", "a.duckdb", "--rejects", "p_rejects.ndjson", "--format", "json"],
+            [
+                "ingest",
+                "predictions",
+                "p.csv",
+                "--db",
+                "a.duckdb",
+                "--rejects",
+                "p_rejects.ndjson",
+                "--format",
+                "json",
+            ],
             ["ingest", "predictions", "p.csv", "--db", "c.duckdb"],
         ]
     )
     assert summary_of(preds) == {"accepted": 2, "duplicates": 0, "rejected": 9}
     assert preds.stderr == ""
-    rejects = [json.loads(line) for line in (tmp_path / "p_rejects.ndjson").read_text().splitlines()]
+    rejects = [
+        json.loads(line) for line in (tmp_path / "p_rejects.ndjson").read_text().splitlines()
+    ]
     assert [r["row"] for r in rejects] == list(range(2, 11))
     by_row = {r["row"]: r["error"] for r in rejects}
     assert by_row[2] == "y_pred is not a finite number: 'nan'"
@@ -266,7 +330,9 @@ def test_ingest_rejects_file_and_summaries(tmp_path: Path, cli_many: Any) -> Non
     assert by_row[9] == "expected 3 fields, found 2"
     assert by_row[10] == "ts is not an ISO 8601 time or epoch seconds: '1e30'"
     assert rejects[0]["record"] == {"prediction_id": "nan", "ts": str(EPOCH0), "y_pred": "nan"}
-    assert sorted(r[0] for r in query(tmp_path / "a.duckdb", "SELECT prediction_id FROM predictions")) == ["good1", "good2"]
+    assert sorted(
+        r[0] for r in query(tmp_path / "a.duckdb", "SELECT prediction_id FROM predictions")
+    ) == ["good1", "good2"]
 
     # text format: a summary line on stdout, the first five rejects on stderr, and a hint
     assert text.returncode == 0, str(text)
@@ -293,7 +359,17 @@ def test_labels_rejects_from_ndjson(tmp_path: Path, main_in_process: Any) -> Non
             {"prediction_id": "z", "y_true": None},
         ],
     )
-    run = main_in_process("ingest", "labels", "l.jsonl", "--db", "b.duckdb", "--rejects", "r.ndjson", "--format", "json")
+    run = main_in_process(
+        "ingest",
+        "labels",
+        "l.jsonl",
+        "--db",
+        "b.duckdb",
+        "--rejects",
+        "r.ndjson",
+        "--format",
+        "json",
+    )
     assert summary_of(run) == {"accepted": 2, "duplicates": 0, "rejected": 8}
     rejects = [json.loads(line) for line in (tmp_path / "r.ndjson").read_text().splitlines()]
     assert [r["row"] for r in rejects] == [2, 3, 4, 5, 7, 8, 9, 10]
@@ -306,24 +382,50 @@ def test_labels_rejects_from_ndjson(tmp_path: Path, main_in_process: Any) -> Non
     assert errors[8] == "prediction_id is empty"
     assert errors[9] == "y_true is not a finite number: '-inf'"
     assert errors[10] == "y_true is missing"
-    assert query(tmp_path / "b.duckdb", "SELECT prediction_id, y_true FROM labels ORDER BY 1") == [("good1", 1.0), ("good2", -1.5)]
+    assert query(tmp_path / "b.duckdb", "SELECT prediction_id, y_true FROM labels ORDER BY 1") == [
+        ("good1", 1.0),
+        ("good2", -1.5),
+    ]
 
 
 def test_all_rows_rejected_is_not_an_error(tmp_path: Path, main_in_process: Any) -> None:
-    write_ndjson(tmp_path / "p.jsonl", ["{bad", "[]", {"prediction_id": "a", "ts": "never", "y_pred": 1}])
-    run = main_in_process("ingest", "predictions", "p.jsonl", "--db", "s.duckdb", "--format", "json", "--rejects", "r.ndjson")
+    write_ndjson(
+        tmp_path / "p.jsonl", ["{bad", "[]", {"prediction_id": "a", "ts": "never", "y_pred": 1}]
+    )
+    run = main_in_process(
+        "ingest",
+        "predictions",
+        "p.jsonl",
+        "--db",
+        "s.duckdb",
+        "--format",
+        "json",
+        "--rejects",
+        "r.ndjson",
+    )
     assert summary_of(run) == {"accepted": 0, "duplicates": 0, "rejected": 3}
     assert len((tmp_path / "r.ndjson").read_text().splitlines()) == 3
     assert row_count(tmp_path / "s.duckdb", "predictions") == 0
 
 
 # -- idempotency, revisions, late labels ---------------------------------------------------------
-def test_reingest_is_idempotent_and_conflicts_are_rejected(tmp_path: Path, cli: Any, main_in_process: Any) -> None:
-    records = [{"prediction_id": f"p{i}", "ts": EPOCH0 + i, "y_pred": float(i), "region": "eu"} for i in range(4)]
+def test_reingest_is_idempotent_and_conflicts_are_rejected(
+    tmp_path: Path, cli: Any, main_in_process: Any
+) -> None:
+    records = [
+        {"prediction_id": f"p{i}", "ts": EPOCH0 + i, "y_pred": float(i), "region": "eu"}
+        for i in range(4)
+    ]
     for suffix in (".csv", ".jsonl", ".ndjson", ".parquet"):
         write_records(tmp_path / f"p{suffix}", records)
-    conflict = [dict(records[0], y_pred=42.0), {"prediction_id": "new", "ts": EPOCH0, "y_pred": 0.0, "region": "us"}]
-    conflict += [{"prediction_id": "twice", "ts": EPOCH0, "y_pred": 1.0}, {"prediction_id": "twice", "ts": EPOCH0, "y_pred": 2.0}]
+    conflict = [
+        dict(records[0], y_pred=42.0),
+        {"prediction_id": "new", "ts": EPOCH0, "y_pred": 0.0, "region": "us"},
+    ]
+    conflict += [
+        {"prediction_id": "twice", "ts": EPOCH0, "y_pred": 1.0},
+        {"prediction_id": "twice", "ts": EPOCH0, "y_pred": 2.0},
+    ]
     write_records(tmp_path / "conflict.jsonl", conflict)
     db = tmp_path / "s.duckdb"
 
@@ -335,9 +437,22 @@ def test_reingest_is_idempotent_and_conflicts_are_rejected(tmp_path: Path, cli: 
     for suffix in (".csv", ".jsonl", ".ndjson"):  # the same rows in every format: all duplicates
         run = main_in_process("ingest", "predictions", f"p{suffix}", "--db", db, "--format", "json")
         assert summary_of(run) == {"accepted": 0, "duplicates": 4, "rejected": 0}, suffix
-    assert query(db, "SELECT * EXCLUDE (ingested_at) FROM predictions ORDER BY prediction_id") == before
+    assert (
+        query(db, "SELECT * EXCLUDE (ingested_at) FROM predictions ORDER BY prediction_id")
+        == before
+    )
 
-    run = cli("ingest", "predictions", "conflict.jsonl", "--db", db, "--format", "json", "--rejects", "r.ndjson")
+    run = cli(
+        "ingest",
+        "predictions",
+        "conflict.jsonl",
+        "--db",
+        db,
+        "--format",
+        "json",
+        "--rejects",
+        "r.ndjson",
+    )
     assert summary_of(run) == {"accepted": 2, "duplicates": 0, "rejected": 2}
     errors = [json.loads(line) for line in (tmp_path / "r.ndjson").read_text().splitlines()]
     assert [(e["row"], e["error"]) for e in errors] == [
@@ -348,7 +463,9 @@ def test_reingest_is_idempotent_and_conflicts_are_rejected(tmp_path: Path, cli: 
     assert row_count(db, "predictions") == 6
 
 
-def test_labels_before_predictions_revisions_and_eval_db(tmp_path: Path, cli: Any, main_in_process: Any) -> None:
+def test_labels_before_predictions_revisions_and_eval_db(
+    tmp_path: Path, cli: Any, main_in_process: Any
+) -> None:
     write_csv(
         tmp_path / "l1.csv",
         ["prediction_id", "y_true", "label_ts"],
@@ -365,7 +482,10 @@ def test_labels_before_predictions_revisions_and_eval_db(tmp_path: Path, cli: An
         tmp_path / "p.parquet",
         {
             "prediction_id": ["a", "b", "c", "d", "e"],
-            "ts": pa.array([dt.datetime(2024, 5, 1, 12, m, tzinfo=UTC) for m in (0, 10, 20, 30, 40)], pa.timestamp("us", tz="UTC")),
+            "ts": pa.array(
+                [dt.datetime(2024, 5, 1, 12, m, tzinfo=UTC) for m in (0, 10, 20, 30, 40)],
+                pa.timestamp("us", tz="UTC"),
+            ),
             "y_pred": [1.5, 5.0, 7.0, 3.0, 1.0],
             "region": ["eu", "eu", "us", "ap", "ap"],
         },
@@ -375,7 +495,10 @@ def test_labels_before_predictions_revisions_and_eval_db(tmp_path: Path, cli: An
     assert summary_of(first) == {"accepted": 3, "duplicates": 0, "rejected": 0}
     second = cli("ingest", "labels", "l2.jsonl", "--db", db, "--format", "json")
     assert summary_of(second) == {"accepted": 1, "duplicates": 1, "rejected": 0}
-    assert query(db, "SELECT revision, y_true, is_current FROM labels WHERE prediction_id = 'a' ORDER BY revision") == [
+    assert query(
+        db,
+        "SELECT revision, y_true, is_current FROM labels WHERE prediction_id = 'a' ORDER BY revision",
+    ) == [
         (1, 1.0, False),
         (2, 2.0, True),
     ]
@@ -397,7 +520,9 @@ def test_labels_before_predictions_revisions_and_eval_db(tmp_path: Path, cli: An
 
 
 # -- column mapping ------------------------------------------------------------------------------
-def test_column_mapping_for_ingest_and_eval(tmp_path: Path, cli: Any, cli_many: Any, main_in_process: Any) -> None:
+def test_column_mapping_for_ingest_and_eval(
+    tmp_path: Path, cli: Any, cli_many: Any, main_in_process: Any
+) -> None:
     write_csv(
         tmp_path / "p.csv",
         ["ID", "WHEN", "SCORE", "MDL", "VER", "region"],
@@ -408,22 +533,61 @@ def test_column_mapping_for_ingest_and_eval(tmp_path: Path, cli: Any, cli_many: 
             ["d", EPOCH0, 6.0, "other", "v2", "us"],
         ],
     )
-    write_csv(tmp_path / "l.csv", ["ID", "TRUTH", "SEEN"], [["a", 2.0, "2024-05-02"], ["b", 1.0, "2024-05-02"], ["c", 6.5, ""], ["d", 0.0, ""]])
-    write_csv(tmp_path / "j.csv", ["guess", "actual", "region"], [[1.0, 2.0, "eu"], [2.0, 2.5, "eu"], [5.0, 3.0, "us"]])
-    mapping = ["--id-col", "ID", "--ts-col", "WHEN", "--pred-col", "SCORE", "--model-col", "MDL", "--version-col", "VER"]
+    write_csv(
+        tmp_path / "l.csv",
+        ["ID", "TRUTH", "SEEN"],
+        [["a", 2.0, "2024-05-02"], ["b", 1.0, "2024-05-02"], ["c", 6.5, ""], ["d", 0.0, ""]],
+    )
+    write_csv(
+        tmp_path / "j.csv",
+        ["guess", "actual", "region"],
+        [[1.0, 2.0, "eu"], [2.0, 2.5, "eu"], [5.0, 3.0, "us"]],
+    )
+    mapping = [
+        "--id-col",
+        "ID",
+        "--ts-col",
+        "WHEN",
+        "--pred-col",
+        "SCORE",
+        "--model-col",
+        "MDL",
+        "--version-col",
+        "VER",
+    ]
     label_mapping = ["--id-col", "ID", "--label-col", "TRUTH", "--label-ts-col", "SEEN"]
     db = tmp_path / "s.duckdb"
     ingest_p, files_eval = cli_many(
         [
             ["ingest", "predictions", "p.csv", "--db", db, "--format", "json", *mapping],
-            ["eval", "--predictions", "p.csv", "--labels", "l.csv", "--model", "price", "--by", "version", "--format", "json",
-             *mapping, "--label-col", "TRUTH", "--label-ts-col", "SEEN"],
+            [
+                "eval",
+                "--predictions",
+                "p.csv",
+                "--labels",
+                "l.csv",
+                "--model",
+                "price",
+                "--by",
+                "version",
+                "--format",
+                "json",
+                *mapping,
+                "--label-col",
+                "TRUTH",
+                "--label-ts-col",
+                "SEEN",
+            ],
         ]
     )
     assert summary_of(ingest_p) == {"accepted": 4, "duplicates": 0, "rejected": 0}
-    ingest_l = main_in_process("ingest", "labels", "l.csv", "--db", db, "--format", "json", *label_mapping)
+    ingest_l = main_in_process(
+        "ingest", "labels", "l.csv", "--db", db, "--format", "json", *label_mapping
+    )
     assert summary_of(ingest_l) == {"accepted": 4, "duplicates": 0, "rejected": 0}
-    assert query(db, "SELECT prediction_id, ts, model, version, y_pred FROM predictions ORDER BY 1") == [
+    assert query(
+        db, "SELECT prediction_id, ts, model, version, y_pred FROM predictions ORDER BY 1"
+    ) == [
         ("a", dt.datetime(2024, 5, 1, 12, tzinfo=UTC), "price", "v1", 1.0),
         ("b", dt.datetime(2024, 5, 1, 11, 30, tzinfo=UTC), "price", "v2", 3.0),
         ("c", dt.datetime(2024, 5, 1, 14, tzinfo=UTC), "price", "v2", 6.0),
@@ -442,13 +606,27 @@ def test_column_mapping_for_ingest_and_eval(tmp_path: Path, cli: Any, cli_many: 
         assert sorted(rows) == ["v1", "v2"]
         assert_metrics(rows["v1"], [1.0], [2.0], n_predictions=1)
         assert_metrics(rows["v2"], [3.0, 6.0], [1.0, 6.5], n_predictions=2)
-    joined = main_in_process("eval", "--data", "j.csv", "--pred-col", "guess", "--label-col", "actual", "--by", "region", "--format", "json")
+    joined = main_in_process(
+        "eval",
+        "--data",
+        "j.csv",
+        "--pred-col",
+        "guess",
+        "--label-col",
+        "actual",
+        "--by",
+        "region",
+        "--format",
+        "json",
+    )
     assert joined.returncode == 0, str(joined)
     rows = {r["region"]: r for r in joined.json()["rows"]}
     assert_metrics(rows["eu"], [1.0, 2.0], [2.0, 2.5], n_predictions=2)
     assert_metrics(rows["us"], [5.0], [3.0], n_predictions=1)
     # without the mapping the same files lack the contract columns
-    assert_usage_error(main_in_process("ingest", "predictions", "p.csv", "--db", "other.duckdb"), "'prediction_id'")
+    assert_usage_error(
+        main_in_process("ingest", "predictions", "p.csv", "--db", "other.duckdb"), "'prediction_id'"
+    )
 
 
 # -- hostile input -------------------------------------------------------------------------------
@@ -466,9 +644,23 @@ def test_hostile_names_and_values_are_data(tmp_path: Path, cli: Any, main_in_pro
             "f'); DELETE FROM labels; --": [0.5, 1.5, 2.5, 3.5],
         },
     )
-    write_csv(tmp_path / "l.csv", ["prediction_id", "y_true"], [["a", 0.0], ["'; DROP TABLE labels; --", 1.0], ["b", 1.0], ["L" * 300, 1.0]])
+    write_csv(
+        tmp_path / "l.csv",
+        ["prediction_id", "y_true"],
+        [["a", 0.0], ["'; DROP TABLE labels; --", 1.0], ["b", 1.0], ["L" * 300, 1.0]],
+    )
     db = tmp_path / "s.duckdb"
-    run = cli("ingest", "predictions", "p.parquet", "--db", db, "--format", "json", "--rejects", "r.ndjson")
+    run = cli(
+        "ingest",
+        "predictions",
+        "p.parquet",
+        "--db",
+        db,
+        "--format",
+        "json",
+        "--rejects",
+        "r.ndjson",
+    )
     assert summary_of(run) == {"accepted": 3, "duplicates": 0, "rejected": 1}
     assert "prediction_id is longer than 256 characters" in (tmp_path / "r.ndjson").read_text()
     run = main_in_process("ingest", "labels", "l.csv", "--db", db, "--format", "json")
@@ -485,26 +677,52 @@ def test_hostile_names_and_values_are_data(tmp_path: Path, cli: Any, main_in_pro
 
 
 def test_hostile_names_in_eval_files(tmp_path: Path, main_in_process: Any) -> None:
-    write_csv(tmp_path / "j.csv", ["y_pred", "y_true", EVIL], [[1.0, 2.0, "'); --"], [3.0, 2.0, "ok"]])
+    write_csv(
+        tmp_path / "j.csv", ["y_pred", "y_true", EVIL], [[1.0, 2.0, "'); --"], [3.0, 2.0, "ok"]]
+    )
     run = main_in_process("eval", "--data", "j.csv", "--by", EVIL, "--format", "json")
     assert run.returncode == 0, str(run)
     assert sorted(r[EVIL] for r in run.json()["rows"]) == ["'); --", "ok"]
     # hostile names as mapped contract columns
     pred_col, label_col = "p'); DROP TABLE x; --", 'y"""; SELECT 1; --'
-    write_csv(tmp_path / "k.csv", [pred_col, label_col, EVIL], [[1.0, 2.0, "a"], [3.0, 2.0, "a"], [5.0, 1.0, "b"]])
-    run = main_in_process("eval", "--data", "k.csv", "--pred-col", pred_col, "--label-col", label_col, "--by", EVIL, "--format", "json")
+    write_csv(
+        tmp_path / "k.csv",
+        [pred_col, label_col, EVIL],
+        [[1.0, 2.0, "a"], [3.0, 2.0, "a"], [5.0, 1.0, "b"]],
+    )
+    run = main_in_process(
+        "eval",
+        "--data",
+        "k.csv",
+        "--pred-col",
+        pred_col,
+        "--label-col",
+        label_col,
+        "--by",
+        EVIL,
+        "--format",
+        "json",
+    )
     assert run.returncode == 0, str(run)
     rows = {r[EVIL]: r for r in run.json()["rows"]}
     assert_metrics(rows["a"], [1.0, 3.0], [2.0, 2.0], n_predictions=2)
     assert_metrics(rows["b"], [5.0], [1.0], n_predictions=1)
 
 
-def test_column_clashing_with_a_store_column_is_a_clean_error(tmp_path: Path, main_in_process: Any) -> None:
-    write_csv(tmp_path / "p.csv", ["prediction_id", "ts", "y_pred", "source"], [["a", EPOCH0, 1.0, "web"]])
-    assert_usage_error(main_in_process("ingest", "predictions", "p.csv", "--db", "s.duckdb"), "'source'")
+def test_column_clashing_with_a_store_column_is_a_clean_error(
+    tmp_path: Path, main_in_process: Any
+) -> None:
+    write_csv(
+        tmp_path / "p.csv", ["prediction_id", "ts", "y_pred", "source"], [["a", EPOCH0, 1.0, "web"]]
+    )
+    assert_usage_error(
+        main_in_process("ingest", "predictions", "p.csv", "--db", "s.duckdb"), "'source'"
+    )
     assert_nothing_written(tmp_path / "s.duckdb")
     write_csv(tmp_path / "j.csv", ["T", "ts", "y_pred", "y_true"], [[EPOCH0, "junk", 1.0, 2.0]])
-    assert_usage_error(main_in_process("eval", "--data", "j.csv", "--ts-col", "T", "--window", "1h"), "'ts'")
+    assert_usage_error(
+        main_in_process("eval", "--data", "j.csv", "--ts-col", "T", "--window", "1h"), "'ts'"
+    )
 
 
 # -- eval ----------------------------------------------------------------------------------------
@@ -533,8 +751,8 @@ def check_window_row(row: dict[str, Any], by: list[str], hours: int) -> None:
     for name in METRICS:
         assert name in row, name
     assert row["window_start"].endswith("Z") and row["window_end"].endswith("Z")
-    start = dt.datetime.fromisoformat(row["window_start"].replace("Z", "+00:00"))
-    end = dt.datetime.fromisoformat(row["window_end"].replace("Z", "+00:00"))
+    start = dt.datetime.fromisoformat(row["window_start"])
+    end = dt.datetime.fromisoformat(row["window_end"])
     assert end - start == dt.timedelta(hours=hours)
     assert start.timestamp() % 3600 == 0  # aligned to the epoch
 
@@ -543,7 +761,19 @@ def check_window_row(row: dict[str, Any], by: list[str], hours: int) -> None:
 def test_eval_json_windows_groups_and_nulls(cli_many: Any) -> None:
     windowed, rolling = cli_many(
         [
-            ["eval", "--predictions", "p.csv", "--labels", "l.csv", "--window", "1h", "--by", "region", "--format", "json"],
+            [
+                "eval",
+                "--predictions",
+                "p.csv",
+                "--labels",
+                "l.csv",
+                "--window",
+                "1h",
+                "--by",
+                "region",
+                "--format",
+                "json",
+            ],
             ["eval", "--data", "j.csv", "--rolling", "2h", "--step", "1h", "--format", "json"],
         ]
     )
@@ -575,7 +805,11 @@ def test_eval_json_windows_groups_and_nulls(cli_many: Any) -> None:
     rows = rolling.json()["rows"]
     for row in rows:
         check_window_row(row, [], hours=2)
-    assert [r["window_start"] for r in rows] == ["2024-05-01T00:00:00Z", "2024-05-01T01:00:00Z", "2024-05-01T02:00:00Z"]
+    assert [r["window_start"] for r in rows] == [
+        "2024-05-01T00:00:00Z",
+        "2024-05-01T01:00:00Z",
+        "2024-05-01T02:00:00Z",
+    ]
     assert_metrics(rows[0], [1.0, 2.0, 3.0, 4.0], [1.5, 2.0, 2.0, 5.5], n_predictions=4)
     assert_metrics(rows[1], [3.0, 4.0, 6.0], [2.0, 5.5, 3.0], n_predictions=3)
     assert_metrics(rows[2], [6.0], [3.0], n_predictions=1)
@@ -589,18 +823,26 @@ def test_eval_unwindowed_and_time_range(main_in_process: Any) -> None:
     assert len(rows) == 1 and list(rows[0]) == METRICS
     assert_metrics(rows[0], [1.0, 2.0, 3.0, 4.0, 6.0], [1.5, 2.0, 2.0, 5.5, 3.0], n_predictions=6)
 
-    run = main_in_process("eval", "--data", "j.csv", "--since", "2024-05-01T01:00:00Z", "--until", str(1714525200 + 7200), "--format", "json")
+    run = main_in_process(
+        "eval",
+        "--data",
+        "j.csv",
+        "--since",
+        "2024-05-01T01:00:00Z",
+        "--until",
+        str(1714525200 + 7200),
+        "--format",
+        "json",
+    )
     assert run.returncode == 0, str(run)
     rows = run.json()["rows"]  # 01:00 ≤ ts < 03:00: p3, p4, p6
     assert_metrics(rows[0], [3.0, 4.0, 6.0], [2.0, 5.5, 3.0], n_predictions=3)
 
     run = main_in_process("eval", "--data", "j.csv", "--since", "2030-01-01", "--format", "json")
     assert run.returncode == 0, str(run)
-    rows = run.json()["rows"]
-    assert len(rows) <= 1
-    for row in rows:  # no data: counts 0 and metrics null, never NaN
-        assert row["n_labeled"] == 0
-        assert all(row[name] is None for name in LABELED_ONLY)
+    (row,) = run.json()["rows"]  # no data: one row, counts 0, every ratio null (never NaN)
+    assert row["n_predictions"] == 0 and row["n_labeled"] == 0
+    assert all(row[name] is None for name in ["label_coverage", *LABELED_ONLY])
 
 
 @pytest.mark.usefixtures("eval_files")
@@ -708,11 +950,16 @@ def test_locked_store(tmp_path: Path, cli_many: Any) -> None:
     with Store(db) as store:
         store.ingest_file("predictions", path)
     holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", LOCK_HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        ingest, ev = cli_many([["ingest", "predictions", "p.csv", "--db", db], ["eval", "--db", db]])
+        ingest, ev = cli_many(
+            [["ingest", "predictions", "p.csv", "--db", db], ["eval", "--db", db]]
+        )
     finally:
         holder.communicate(input="", timeout=60)
     for run in (ingest, ev):
@@ -720,16 +967,32 @@ def test_locked_store(tmp_path: Path, cli_many: Any) -> None:
         assert run.stdout == ""
     with Store(db) as store:  # released: usable again, and nothing changed meanwhile
         assert store.count("predictions") == 1
-        assert store.ingest_file("predictions", path).summary() == {"accepted": 0, "duplicates": 1, "rejected": 0}
+        assert store.ingest_file("predictions", path).summary() == {
+            "accepted": 0,
+            "duplicates": 1,
+            "rejected": 0,
+        }
 
 
 def test_store_locations(tmp_path: Path, main_in_process: Any) -> None:
     write_csv(tmp_path / "p.csv", ["prediction_id", "ts", "y_pred"], [["a", EPOCH0, 1.0]])
-    run = main_in_process("ingest", "predictions", "p.csv", "--format", "json", env={"MSEWATCH_DB": str(tmp_path / "env.duckdb")})
+    run = main_in_process(
+        "ingest",
+        "predictions",
+        "p.csv",
+        "--format",
+        "json",
+        env={"MSEWATCH_DB": str(tmp_path / "env.duckdb")},
+    )
     assert summary_of(run)["accepted"] == 1
     assert row_count(tmp_path / "env.duckdb", "predictions") == 1
     assert not (tmp_path / "msewatch.duckdb").exists()
-    assert summary_of(main_in_process("ingest", "predictions", "p.csv", "--format", "json"))["accepted"] == 1
+    assert (
+        summary_of(main_in_process("ingest", "predictions", "p.csv", "--format", "json"))[
+            "accepted"
+        ]
+        == 1
+    )
     assert row_count(tmp_path / "msewatch.duckdb", "predictions") == 1
     # unusable store files: one line, exit 2, the file left as it was
     write_text(tmp_path / "notdb.duckdb", "plain text, not a database")

@@ -70,7 +70,9 @@ def test_directory_with_a_known_extension(tmp_path: Path) -> None:
         BatchReader(tmp_path / "dir.parquet")
 
 
-@pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root reads anything")
+@pytest.mark.skipif(
+    os.geteuid() == 0 if hasattr(os, "geteuid") else True, reason="root reads anything"
+)
 def test_unreadable_file(tmp_path: Path) -> None:
     path = write_records(tmp_path / "p.csv", RECORDS)
     path.chmod(0)
@@ -107,7 +109,9 @@ def test_unusable_files(tmp_path: Path, name: str, content: bytes, message: str)
 
 
 def test_truncated_parquet(tmp_path: Path) -> None:
-    good = write_parquet(tmp_path / "good.parquet", {"prediction_id": ["a"] * 500, "y_pred": [1.0] * 500})
+    good = write_parquet(
+        tmp_path / "good.parquet", {"prediction_id": ["a"] * 500, "y_pred": [1.0] * 500}
+    )
     data = good.read_bytes()
     bad = tmp_path / "truncated.parquet"
     bad.write_bytes(data[: len(data) // 2])
@@ -118,7 +122,10 @@ def test_truncated_parquet(tmp_path: Path) -> None:
 def test_parquet_with_corrupt_pages_fails_while_reading(tmp_path: Path) -> None:
     good = write_parquet(
         tmp_path / "good.parquet",
-        {"prediction_id": [f"id{i}" for i in range(2000)], "y_pred": [float(i) for i in range(2000)]},
+        {
+            "prediction_id": [f"id{i}" for i in range(2000)],
+            "y_pred": [float(i) for i in range(2000)],
+        },
     )
     data = bytearray(good.read_bytes())
     data[8:200] = b"\xff" * 192  # clobber the first page header and data, keep the footer
@@ -166,7 +173,10 @@ def test_csv_quoted_fields_with_delimiters_newlines_and_quotes(tmp_path: Path) -
     path = write_csv(
         tmp_path / "p.csv",
         ["prediction_id", "ts", "y_pred", "note"],
-        [["a,1", "1714564800", "1", 'say "hi"; DROP TABLE x'], ["b", "1714564800", "2", "two\nlines"]],
+        [
+            ["a,1", "1714564800", "1", 'say "hi"; DROP TABLE x'],
+            ["b", "1714564800", "2", "two\nlines"],
+        ],
     )
     _, table = read_all(path)
     assert table.column("prediction_id").to_pylist() == ["a,1", "b"]
@@ -237,7 +247,10 @@ def test_ndjson_mixed_types_and_missing_keys(tmp_path: Path) -> None:
 def test_ndjson_numbers_keep_their_type(tmp_path: Path) -> None:
     path = write_ndjson(
         tmp_path / "p.jsonl",
-        [{"prediction_id": "a", "ts": 1714564800, "y_pred": 1}, {"prediction_id": "b", "ts": 1714564801, "y_pred": 2.5}],
+        [
+            {"prediction_id": "a", "ts": 1714564800, "y_pred": 1},
+            {"prediction_id": "b", "ts": 1714564801, "y_pred": 2.5},
+        ],
     )
     _, table = read_all(path)
     assert table.schema.field("ts").type == pa.int64()
@@ -246,7 +259,8 @@ def test_ndjson_numbers_keep_their_type(tmp_path: Path) -> None:
 
 def test_ndjson_integer_beyond_int64_does_not_overflow(tmp_path: Path) -> None:
     path = write_ndjson(
-        tmp_path / "p.jsonl", [{"prediction_id": "a", "y_pred": 2**70}, {"prediction_id": "b", "y_pred": 1}]
+        tmp_path / "p.jsonl",
+        [{"prediction_id": "a", "y_pred": 2**70}, {"prediction_id": "b", "y_pred": 1}],
     )
     _, table = read_all(path)
     values = table.column("y_pred").to_pylist()

@@ -19,15 +19,17 @@ from msewatch.io import BatchReader
 from msewatch.schema import MAX_ID_LENGTH, ColumnMap
 from msewatch.store import IngestResult, Store, rejects_to_ndjson
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 T0 = dt.datetime(2024, 5, 1, 12, 0, tzinfo=UTC)  # 1714564800
 EPOCH0 = 1714564800
 FORMATS = [".csv", ".jsonl", ".ndjson", ".parquet"]
 
 
-def ingest(db: Path, kind: str, path: Path, columns: ColumnMap = ColumnMap(), **kw: Any) -> IngestResult:
+def ingest(
+    db: Path, kind: str, path: Path, columns: ColumnMap | None = None, **kw: Any
+) -> IngestResult:
     with Store(db) as store:
-        return store.ingest_file(kind, path, columns, **kw)  # type: ignore[arg-type]
+        return store.ingest_file(kind, path, columns or ColumnMap(), **kw)  # type: ignore[arg-type]
 
 
 def stored_ts(db: Path) -> dict[str, dt.datetime]:
@@ -119,12 +121,18 @@ def test_parquet_timestamp_columns(db: Path, tmp_path: Path) -> None:
     paths = []
     for name, (array, _) in PARQUET_TIMES.items():
         paths.append(
-            write_parquet(tmp_path / f"{name}.parquet", {"prediction_id": [name], "ts": array, "y_pred": [1.0]})
+            write_parquet(
+                tmp_path / f"{name}.parquet",
+                {"prediction_id": [name], "ts": array, "y_pred": [1.0]},
+            )
         )
     with Store(db) as store:
         for path in paths:
             result = store.ingest_file("predictions", path)
-            assert result.summary() == {"accepted": 1, "duplicates": 0, "rejected": 0}, (path, result.rejects)
+            assert result.summary() == {"accepted": 1, "duplicates": 0, "rejected": 0}, (
+                path,
+                result.rejects,
+            )
     got = stored_ts(db)
     assert got == {name: want for name, (_, want) in PARQUET_TIMES.items()}
 
@@ -148,9 +156,13 @@ BAD_TIMES = [
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
-def test_unparsable_and_absurd_timestamps_are_rejected(db: Path, tmp_path: Path, suffix: str) -> None:
+def test_unparsable_and_absurd_timestamps_are_rejected(
+    db: Path, tmp_path: Path, suffix: str
+) -> None:
     records = [{"prediction_id": "good", "ts": "2024-05-01T12:00:00Z", "y_pred": 1.0}]
-    records += [{"prediction_id": f"bad{i}", "ts": v, "y_pred": 1.0} for i, v in enumerate(BAD_TIMES)]
+    records += [
+        {"prediction_id": f"bad{i}", "ts": v, "y_pred": 1.0} for i, v in enumerate(BAD_TIMES)
+    ]
     path = write_records(tmp_path / f"p{suffix}", records)
     result = ingest(db, "predictions", path)
     assert result.accepted == 1
@@ -182,7 +194,11 @@ def test_absurd_epoch_numbers_in_json_are_rejected(db: Path, tmp_path: Path) -> 
 def test_absurd_epoch_numbers_in_parquet_are_rejected(db: Path, tmp_path: Path) -> None:
     path = write_parquet(
         tmp_path / "p.parquet",
-        {"prediction_id": ["ok", "huge", "nan"], "ts": [float(EPOCH0), 1e30, float("nan")], "y_pred": [1.0] * 3},
+        {
+            "prediction_id": ["ok", "huge", "nan"],
+            "ts": [float(EPOCH0), 1e30, float("nan")],
+            "y_pred": [1.0] * 3,
+        },
     )
     result = ingest(db, "predictions", path)
     assert result.accepted == 1
@@ -192,7 +208,11 @@ def test_absurd_epoch_numbers_in_parquet_are_rejected(db: Path, tmp_path: Path) 
 def test_missing_ts_is_rejected_for_predictions(db: Path, tmp_path: Path) -> None:
     path = write_ndjson(
         tmp_path / "p.jsonl",
-        [{"prediction_id": "a", "ts": None, "y_pred": 1}, {"prediction_id": "b", "y_pred": 1}, {"prediction_id": "c", "ts": 5, "y_pred": 1}],
+        [
+            {"prediction_id": "a", "ts": None, "y_pred": 1},
+            {"prediction_id": "b", "y_pred": 1},
+            {"prediction_id": "c", "ts": 5, "y_pred": 1},
+        ],
     )
     result = ingest(db, "predictions", path)
     assert reasons(result) == {1: "ts is missing", 2: "ts is missing"}
@@ -224,7 +244,10 @@ def test_non_finite_values_are_rejected_and_good_rows_land(
         if value:
             assert repr(value) in why[row] or value in why[row], why[row]
     table = "predictions" if kind == "predictions" else "labels"
-    assert dict(query(db, f"SELECT prediction_id, {column} FROM {table}")) == {"good1": 1.5, "good2": -2000.0}
+    assert dict(query(db, f"SELECT prediction_id, {column} FROM {table}")) == {
+        "good1": 1.5,
+        "good2": -2000.0,
+    }
 
 
 def test_reject_reasons_are_specific(db: Path, tmp_path: Path) -> None:
@@ -295,11 +318,17 @@ def test_malformed_lines_are_rejected_with_their_text(db: Path, tmp_path: Path) 
     assert why[3] == "expected a JSON object, found list"
     assert why[4] == "expected a JSON object, found str"
     assert why[5] == "expected a JSON object, found float"
-    assert sorted(r[0] for r in query(db, "SELECT prediction_id FROM predictions")) == ["a", "d", "e"]
+    assert sorted(r[0] for r in query(db, "SELECT prediction_id FROM predictions")) == [
+        "a",
+        "d",
+        "e",
+    ]
 
 
 def test_a_file_of_only_bad_rows_commits_nothing_but_is_logged(db: Path, tmp_path: Path) -> None:
-    path = write_ndjson(tmp_path / "p.jsonl", ["{bad", {"prediction_id": "x", "ts": 1, "y_pred": "nan"}])
+    path = write_ndjson(
+        tmp_path / "p.jsonl", ["{bad", {"prediction_id": "x", "ts": 1, "y_pred": "nan"}]
+    )
     result = ingest(db, "predictions", path)
     assert result.summary() == {"accepted": 0, "duplicates": 0, "rejected": 2}
     assert counts(db) == (0, 0, 1)
@@ -323,7 +352,9 @@ def test_rejects_to_ndjson(db: Path, tmp_path: Path) -> None:
 # -- idempotency, conflicts ----------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", FORMATS)
 def test_reingesting_the_same_file_is_a_no_op(db: Path, tmp_path: Path, suffix: str) -> None:
-    records = preds(5, region="eu") + [{"prediction_id": "bad", "ts": EPOCH0, "y_pred": None, "region": "eu"}]
+    records = preds(5, region="eu") + [
+        {"prediction_id": "bad", "ts": EPOCH0, "y_pred": None, "region": "eu"}
+    ]
     path = write_records(tmp_path / f"p{suffix}", records)
     first = ingest(db, "predictions", path)
     assert first.summary() == {"accepted": 5, "duplicates": 0, "rejected": 1}
@@ -335,14 +366,23 @@ def test_reingesting_the_same_file_is_a_no_op(db: Path, tmp_path: Path, suffix: 
 
 
 def test_reingesting_the_same_labels_is_a_no_op(db: Path, tmp_path: Path) -> None:
-    records = [{"prediction_id": f"p{i}", "y_true": float(i) + 0.5, "label_ts": EPOCH0 + i} for i in range(5)]
+    records = [
+        {"prediction_id": f"p{i}", "y_true": float(i) + 0.5, "label_ts": EPOCH0 + i}
+        for i in range(5)
+    ]
     with Store(db) as store:
         for suffix in (".ndjson", ".parquet", ".csv"):
             path = write_records(tmp_path / f"l{suffix}", records)
             want = 5 if suffix == ".ndjson" else 0
-            assert store.ingest_file("labels", path).summary() == {"accepted": want, "duplicates": 5 - want, "rejected": 0}
+            assert store.ingest_file("labels", path).summary() == {
+                "accepted": want,
+                "duplicates": 5 - want,
+                "rejected": 0,
+            }
         assert store.ingest_file("labels", path).duplicates == 5
-    assert query(db, "SELECT count(*), max(revision), bool_and(is_current) FROM labels") == [(5, 1, True)]
+    assert query(db, "SELECT count(*), max(revision), bool_and(is_current) FROM labels") == [
+        (5, 1, True)
+    ]
 
 
 def test_same_content_in_another_format_is_a_duplicate(db: Path, tmp_path: Path) -> None:
@@ -353,7 +393,9 @@ def test_same_content_in_another_format_is_a_duplicate(db: Path, tmp_path: Path)
         assert result.summary() == {"accepted": 0, "duplicates": 3, "rejected": 0}, suffix
 
 
-def test_conflicting_prediction_across_files_is_rejected_and_store_unchanged(db: Path, tmp_path: Path) -> None:
+def test_conflicting_prediction_across_files_is_rejected_and_store_unchanged(
+    db: Path, tmp_path: Path
+) -> None:
     ingest(db, "predictions", write_records(tmp_path / "a.csv", preds(3)))
     changed = preds(3)
     changed[1]["y_pred"] = 99.0  # same id p1, different content
@@ -377,22 +419,30 @@ def test_conflicting_prediction_within_one_file(db: Path, tmp_path: Path) -> Non
     ]
     result = ingest(db, "predictions", write_records(tmp_path / "p.parquet", records))
     assert result.summary() == {"accepted": 2, "duplicates": 1, "rejected": 1}
-    assert reasons(result) == {2: "prediction_id 'z' appears earlier in this input (row 1) with different content"}
+    assert reasons(result) == {
+        2: "prediction_id 'z' appears earlier in this input (row 1) with different content"
+    }
     assert dict(query(db, "SELECT prediction_id, y_pred FROM predictions")) == {"z": 1.0, "y": 5.0}
 
 
 def test_model_and_segment_are_part_of_the_content(db: Path, tmp_path: Path) -> None:
     ingest(db, "predictions", write_records(tmp_path / "a.csv", preds(1, model="m", region="eu")))
-    result = ingest(db, "predictions", write_records(tmp_path / "b.csv", preds(1, model="m", region="us")))
+    result = ingest(
+        db, "predictions", write_records(tmp_path / "b.csv", preds(1, model="m", region="us"))
+    )
     assert result.summary() == {"accepted": 0, "duplicates": 0, "rejected": 1}
-    result = ingest(db, "predictions", write_records(tmp_path / "c.csv", preds(1, model="other", region="eu")))
+    result = ingest(
+        db, "predictions", write_records(tmp_path / "c.csv", preds(1, model="other", region="eu"))
+    )
     assert result.rejected == 1
 
 
 # -- labels --------------------------------------------------------------------------------------
 def labels_table(db: Path) -> list[tuple[Any, ...]]:
     return query(
-        db, "SELECT prediction_id, y_true, label_ts, revision, is_current FROM labels ORDER BY prediction_id, revision"
+        db,
+        "SELECT prediction_id, y_true, label_ts, revision, is_current FROM labels "
+        "ORDER BY prediction_id, revision",
     )
 
 
@@ -411,7 +461,9 @@ def test_label_revisions_and_duplicates(db: Path, tmp_path: Path) -> None:
     assert ingest(db, "labels", first).duplicates == 2
     assert len(labels_table(db)) == 3
     with Store(db) as store:
-        current = store.engine.to_pyarrow(store.current_labels().order_by("prediction_id")).to_pylist()
+        current = store.engine.to_pyarrow(
+            store.current_labels().order_by("prediction_id")
+        ).to_pylist()
     assert [(r["prediction_id"], r["y_true"]) for r in current] == [("a", 1.25), ("b", 2.0)]
 
 
@@ -434,20 +486,40 @@ def test_label_revisions_with_label_times(db: Path, tmp_path: Path) -> None:
 
 
 def test_a_later_file_adds_a_revision_and_moves_is_current(db: Path, tmp_path: Path) -> None:
-    ingest(db, "labels", write_csv(tmp_path / "a.csv", ["prediction_id", "y_true", "label_ts"], [["a", 1, "2024-05-01"]]))
-    ingest(db, "labels", write_csv(tmp_path / "b.csv", ["prediction_id", "y_true", "label_ts"], [["a", 5, "2024-05-02"]]))
+    ingest(
+        db,
+        "labels",
+        write_csv(
+            tmp_path / "a.csv", ["prediction_id", "y_true", "label_ts"], [["a", 1, "2024-05-01"]]
+        ),
+    )
+    ingest(
+        db,
+        "labels",
+        write_csv(
+            tmp_path / "b.csv", ["prediction_id", "y_true", "label_ts"], [["a", 5, "2024-05-02"]]
+        ),
+    )
     assert query(db, "SELECT revision, y_true FROM labels WHERE is_current") == [(2, 5.0)]
     assert query(db, "SELECT count(*) FROM labels WHERE prediction_id = 'a'") == [(2,)]
 
 
 def test_labels_without_label_ts_in_any_format(db: Path, tmp_path: Path) -> None:
     for i, suffix in enumerate(FORMATS):
-        path = write_records(tmp_path / f"l{suffix}", [{"prediction_id": f"id{i}", "y_true": float(i)}])
-        assert ingest(db, "labels", path).summary() == {"accepted": 1, "duplicates": 0, "rejected": 0}
+        path = write_records(
+            tmp_path / f"l{suffix}", [{"prediction_id": f"id{i}", "y_true": float(i)}]
+        )
+        assert ingest(db, "labels", path).summary() == {
+            "accepted": 1,
+            "duplicates": 0,
+            "rejected": 0,
+        }
     assert query(db, "SELECT count(*), count(label_ts) FROM labels") == [(4, 0)]
 
 
-def test_labels_ndjson_where_label_ts_appears_only_in_a_later_batch(db: Path, tmp_path: Path) -> None:
+def test_labels_ndjson_where_label_ts_appears_only_in_a_later_batch(
+    db: Path, tmp_path: Path
+) -> None:
     path = write_ndjson(
         tmp_path / "l.jsonl",
         [
@@ -458,7 +530,9 @@ def test_labels_ndjson_where_label_ts_appears_only_in_a_later_batch(db: Path, tm
     )
     reader = BatchReader(path, batch_rows=2)
     with Store(db) as store:
-        result = store.ingest_batches("labels", reader, source=str(path), parse_rejects=reader.parse_rejects)
+        result = store.ingest_batches(
+            "labels", reader, source=str(path), parse_rejects=reader.parse_rejects
+        )
     assert result.summary() == {"accepted": 3, "duplicates": 0, "rejected": 0}
     assert query(db, "SELECT prediction_id, label_ts FROM labels ORDER BY 1") == [
         ("a", None),
@@ -480,12 +554,18 @@ def test_bad_label_times_are_rejected_but_missing_ones_are_fine(db: Path, tmp_pa
 
 
 def test_labels_may_arrive_before_their_predictions(db: Path, tmp_path: Path) -> None:
-    ingest(db, "labels", write_csv(tmp_path / "l.csv", ["prediction_id", "y_true"], [["p0", 1.0], ["p1", 3.0]]))
+    ingest(
+        db,
+        "labels",
+        write_csv(tmp_path / "l.csv", ["prediction_id", "y_true"], [["p0", 1.0], ["p1", 3.0]]),
+    )
     assert counts(db) == (0, 2, 1)
     ingest(db, "predictions", write_records(tmp_path / "p.csv", preds(3)))
     with Store(db) as store:
         joined = store.predictions().left_join(store.current_labels(), "prediction_id")
-        rows = store.engine.to_pyarrow(joined.select("prediction_id", "y_pred", "y_true").order_by("prediction_id"))
+        rows = store.engine.to_pyarrow(
+            joined.select("prediction_id", "y_pred", "y_true").order_by("prediction_id")
+        )
     assert rows.to_pylist() == [
         {"prediction_id": "p0", "y_pred": 0.0, "y_true": 1.0},
         {"prediction_id": "p1", "y_pred": 1.0, "y_true": 3.0},
@@ -509,10 +589,17 @@ def test_labels_may_arrive_before_their_predictions(db: Path, tmp_path: Path) ->
 def test_missing_required_column_writes_nothing(
     db: Path, tmp_path: Path, kind: str, missing: str, suffix: str
 ) -> None:
-    full = {"prediction_id": "a", "ts": EPOCH0, "y_pred": 1.0} if kind == "predictions" else {"prediction_id": "a", "y_true": 1.0}
+    full = (
+        {"prediction_id": "a", "ts": EPOCH0, "y_pred": 1.0}
+        if kind == "predictions"
+        else {"prediction_id": "a", "y_true": 1.0}
+    )
     record = {k: v for k, v in full.items() if k != missing}
     record["region"] = "eu"
-    path = write_records(tmp_path / f"f{suffix}", [record, record | {"prediction_id": "b"}] if missing != "prediction_id" else [record])
+    path = write_records(
+        tmp_path / f"f{suffix}",
+        [record, record | {"prediction_id": "b"}] if missing != "prediction_id" else [record],
+    )
     with pytest.raises(InputError, match=f"missing required column '{missing}' for {kind}") as info:
         ingest(db, kind, path)
     assert "\n" not in str(info.value)
@@ -531,7 +618,11 @@ def test_required_column_named_by_the_mapping(db: Path, tmp_path: Path) -> None:
 def test_a_failure_midway_rolls_back_the_whole_file(db: Path, tmp_path: Path) -> None:
     good = write_parquet(
         tmp_path / "good.parquet",
-        {"prediction_id": [f"p{i}" for i in range(3000)], "ts": [EPOCH0] * 3000, "y_pred": [1.0] * 3000},
+        {
+            "prediction_id": [f"p{i}" for i in range(3000)],
+            "ts": [EPOCH0] * 3000,
+            "y_pred": [1.0] * 3000,
+        },
     )
     data = bytearray(good.read_bytes())
     data[8:400] = b"\xff" * 392
@@ -558,13 +649,24 @@ def test_column_mapping_for_predictions_and_labels(db: Path, tmp_path: Path) -> 
     p = write_records(
         tmp_path / "p.parquet",
         [
-            {"ID": "a", "T": "2024-05-01T12:00:00Z", "P": 1.0, "M": "price", "V": "v2", "region": "eu"},
+            {
+                "ID": "a",
+                "T": "2024-05-01T12:00:00Z",
+                "P": 1.0,
+                "M": "price",
+                "V": "v2",
+                "region": "eu",
+            },
             {"ID": "b", "T": "2024-05-01T13:00:00Z", "P": 2.0, "M": None, "V": "", "region": "us"},
         ],
     )
-    columns = ColumnMap(prediction_id="ID", ts="T", y_pred="P", model="M", version="V", y_true="Y", label_ts="LT")
+    columns = ColumnMap(
+        prediction_id="ID", ts="T", y_pred="P", model="M", version="V", y_true="Y", label_ts="LT"
+    )
     assert ingest(db, "predictions", p, columns).accepted == 2
-    assert query(db, "SELECT prediction_id, ts, y_pred, model, version, region FROM predictions ORDER BY 1") == [
+    assert query(
+        db, "SELECT prediction_id, ts, y_pred, model, version, region FROM predictions ORDER BY 1"
+    ) == [
         ("a", T0, 1.0, "price", "v2", "eu"),
         ("b", T0 + dt.timedelta(hours=1), 2.0, "default", "default", "us"),
     ]
@@ -579,8 +681,12 @@ def test_column_mapping_for_predictions_and_labels(db: Path, tmp_path: Path) -> 
 
 def test_default_model_and_version(db: Path, tmp_path: Path) -> None:
     path = write_records(tmp_path / "p.csv", preds(2))
-    ingest(db, "predictions", path, default_model="pricing", default_version="v7", source="batch-42")
-    assert query(db, "SELECT DISTINCT model, version, source FROM predictions") == [("pricing", "v7", "batch-42")]
+    ingest(
+        db, "predictions", path, default_model="pricing", default_version="v7", source="batch-42"
+    )
+    assert query(db, "SELECT DISTINCT model, version, source FROM predictions") == [
+        ("pricing", "v7", "batch-42")
+    ]
 
 
 # -- hostile and unusual input -------------------------------------------------------------------
@@ -591,25 +697,47 @@ HOSTILE_FEATURE = "f'); DELETE FROM labels; --"
 def test_hostile_column_names_are_data(db: Path, tmp_path: Path) -> None:
     ingest(db, "labels", write_csv(tmp_path / "l.csv", ["prediction_id", "y_true"], [["a", 1.0]]))
     records = [
-        {"prediction_id": "a", "ts": EPOCH0, "y_pred": 1.0, HOSTILE_COLUMN: "s1", HOSTILE_FEATURE: 0.5},
-        {"prediction_id": "'; DROP TABLE labels; --", "ts": EPOCH0, "y_pred": 2.0, HOSTILE_COLUMN: "'); --", HOSTILE_FEATURE: 1.5},
+        {
+            "prediction_id": "a",
+            "ts": EPOCH0,
+            "y_pred": 1.0,
+            HOSTILE_COLUMN: "s1",
+            HOSTILE_FEATURE: 0.5,
+        },
+        {
+            "prediction_id": "'; DROP TABLE labels; --",
+            "ts": EPOCH0,
+            "y_pred": 2.0,
+            HOSTILE_COLUMN: "'); --",
+            HOSTILE_FEATURE: 1.5,
+        },
     ]
     quoted = '"' + HOSTILE_COLUMN.replace('"', '""') + '"'
     feature = '"' + HOSTILE_FEATURE.replace('"', '""') + '"'
     with Store(db) as store:
         # Parquet creates the columns; CSV and NDJSON find them again (same rows: duplicates)
         for suffix, want in ((".parquet", (2, 0)), (".csv", (0, 2)), (".jsonl", (0, 2))):
-            result = store.ingest_file("predictions", write_records(tmp_path / f"p{suffix}", records))
+            result = store.ingest_file(
+                "predictions", write_records(tmp_path / f"p{suffix}", records)
+            )
             assert (result.accepted, result.duplicates, result.rejected) == (*want, 0), suffix
         assert store.extra_columns() == {HOSTILE_COLUMN: "segment", HOSTILE_FEATURE: "feature"}
         assert (store.count("predictions"), store.count("labels")) == (2, 1)  # both tables intact
-        rows = store.con.execute(f"SELECT prediction_id, {quoted}, {feature} FROM predictions ORDER BY y_pred").fetchall()
+        rows = store.con.execute(
+            f"SELECT prediction_id, {quoted}, {feature} FROM predictions ORDER BY y_pred"
+        ).fetchall()
     assert rows == [("a", "s1", 0.5), ("'; DROP TABLE labels; --", "'); --", 1.5)]
 
 
 def test_column_names_that_clash_with_store_columns(db: Path, tmp_path: Path) -> None:
     base = {"prediction_id": "a", "ts": EPOCH0, "y_pred": 1.0}
-    for extra in ({"source": "web"}, {"ingested_at": "x"}, {"TS": "x"}, {"Model": "m"}, {"Region": "a", "region": "b"}):
+    for extra in (
+        {"source": "web"},
+        {"ingested_at": "x"},
+        {"TS": "x"},
+        {"Model": "m"},
+        {"Region": "a", "region": "b"},
+    ):
         path = write_records(tmp_path / "p.parquet", [base | extra])
         with pytest.raises(InputError, match="clashes with") as info:
             ingest(db, "predictions", path)
@@ -627,7 +755,9 @@ def test_leftover_contract_column_after_mapping_clashes(db: Path, tmp_path: Path
 def test_segment_case_variant_across_files_clashes(db: Path, tmp_path: Path) -> None:
     ingest(db, "predictions", write_records(tmp_path / "a.csv", preds(1, region="eu")))
     with pytest.raises(InputError, match="'Region'.*'region'"):
-        ingest(db, "predictions", write_records(tmp_path / "b.csv", preds(1, prefix="q", Region="eu")))
+        ingest(
+            db, "predictions", write_records(tmp_path / "b.csv", preds(1, prefix="q", Region="eu"))
+        )
     assert counts(db) == (1, 0, 1)
 
 
@@ -645,7 +775,9 @@ def test_long_ids_are_rejected(db: Path, tmp_path: Path) -> None:
         2: f"prediction_id is longer than {MAX_ID_LENGTH} characters",
         3: f"prediction_id is longer than {MAX_ID_LENGTH} characters",
     }
-    labels = write_csv(tmp_path / "l.csv", ["prediction_id", "y_true"], [[too_long, 1.0], [limit, 2.0]])
+    labels = write_csv(
+        tmp_path / "l.csv", ["prediction_id", "y_true"], [[too_long, 1.0], [limit, 2.0]]
+    )
     result = ingest(db, "labels", labels)
     assert result.accepted == 1 and sorted(reasons(result)) == [1]
     assert query(db, "SELECT length(prediction_id) FROM predictions") == [(MAX_ID_LENGTH,)]
@@ -661,14 +793,20 @@ def test_unicode_survives(db: Path, tmp_path: Path) -> None:
         path = write_records(tmp_path / f"p{suffix}", records)
         result = ingest(db, "predictions", path)
         assert result.rejected == 0, suffix
-    rows = query(db, 'SELECT prediction_id, "région", model FROM predictions ORDER BY prediction_id')
+    rows = query(
+        db, 'SELECT prediction_id, "région", model FROM predictions ORDER BY prediction_id'
+    )
     assert sorted(r[1] for r in rows) == sorted(values)
     assert {r[2] for r in rows} == {"模型"}
     assert {r[0] for r in rows} == {f"ü-{i}-✓" for i in range(len(values))}
 
 
 def test_very_long_segment_values_are_rejected(db: Path, tmp_path: Path) -> None:
-    path = write_records(tmp_path / "p.csv", preds(2, region="x") + [{"prediction_id": "long", "ts": EPOCH0, "y_pred": 1, "region": "r" * 5000}])
+    path = write_records(
+        tmp_path / "p.csv",
+        preds(2, region="x")
+        + [{"prediction_id": "long", "ts": EPOCH0, "y_pred": 1, "region": "r" * 5000}],
+    )
     result = ingest(db, "predictions", path)
     assert result.accepted == 2
     assert reasons(result) == {3: "segment 'region' is longer than 1024 characters"}
@@ -683,8 +821,15 @@ def test_numeric_extras_are_features_and_text_extras_segments(db: Path, tmp_path
     ingest(db, "predictions", path)
     with Store(db) as store:
         assert store.extra_columns() == {"age": "feature", "region": "segment", "zip": "segment"}
-    assert query(db, "SELECT age, zip FROM predictions ORDER BY 1") == [(31.0, "01234"), (45.5, "x9")]
-    bad = write_csv(tmp_path / "q.csv", ["prediction_id", "ts", "y_pred", "age"], [["c", EPOCH0, 1, "old"], ["d", EPOCH0, 1, "7"]])
+    assert query(db, "SELECT age, zip FROM predictions ORDER BY 1") == [
+        (31.0, "01234"),
+        (45.5, "x9"),
+    ]
+    bad = write_csv(
+        tmp_path / "q.csv",
+        ["prediction_id", "ts", "y_pred", "age"],
+        [["c", EPOCH0, 1, "old"], ["d", EPOCH0, 1, "7"]],
+    )
     result = ingest(db, "predictions", bad)
     assert result.accepted == 1
     assert reasons(result) == {1: "feature 'age' is not a finite number: 'old'"}
@@ -706,10 +851,15 @@ def test_a_file_that_is_not_a_duckdb_database(tmp_path: Path) -> None:
 
 
 def test_ingest_log_records_every_file(db: Path, tmp_path: Path) -> None:
-    path = write_records(tmp_path / "p.csv", preds(2) + [{"prediction_id": "", "ts": EPOCH0, "y_pred": 1}])
+    path = write_records(
+        tmp_path / "p.csv", preds(2) + [{"prediction_id": "", "ts": EPOCH0, "y_pred": 1}]
+    )
     ingest(db, "predictions", path)
     ingest(db, "predictions", path)
-    assert query(db, "SELECT kind, source, accepted, duplicates, rejected FROM ingest_log ORDER BY finished_at") == [
+    assert query(
+        db,
+        "SELECT kind, source, accepted, duplicates, rejected FROM ingest_log ORDER BY finished_at",
+    ) == [
         ("predictions", str(path), 2, 0, 1),
         ("predictions", str(path), 0, 2, 1),
     ]
