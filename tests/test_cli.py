@@ -210,11 +210,6 @@ def test_unusable_files_every_kind(tmp_path: Path, main_in_process: Any) -> None
     )
 
 
-@pytest.mark.xfail(
-    reason="cli.py bug: click.Path(dir_okay=False) answers a directory with a multi-line click "
-    "usage error instead of one `msewatch: error:` line",
-    strict=True,
-)
 def test_directory_as_input_is_one_clear_line(tmp_path: Path, cli_many: Any) -> None:
     (tmp_path / "dir.csv").mkdir()
     ingest, ev = cli_many(
@@ -922,11 +917,6 @@ def test_eval_bad_options_every_case(tmp_path: Path, main_in_process: Any) -> No
     assert not (tmp_path / "x.duckdb").exists()
 
 
-@pytest.mark.xfail(
-    reason="evaluate.py bug: a joined file without 'ts' gets a typed null ts column, so --window "
-    "is silently answered with one null window instead of the intended error",
-    strict=True,
-)
 def test_window_without_prediction_times_is_an_error(tmp_path: Path, main_in_process: Any) -> None:
     write_csv(tmp_path / "j.csv", ["y_pred", "y_true"], [[1.0, 2.0], [2.0, 2.0]])
     assert_usage_error(main_in_process("eval", "--data", "j.csv", "--window", "1h"), "ts")

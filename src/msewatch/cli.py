@@ -62,10 +62,10 @@ def cli() -> None:
 
 # -- eval ----------------------------------------------------------------------------------------
 @cli.command("eval")
-@click.option("--data", type=click.Path(dir_okay=False), help="Joined file: y_pred and y_true on each row (a holdout set).")
-@click.option("--predictions", "predictions_path", type=click.Path(dir_okay=False), help="Predictions file (with --labels).")
-@click.option("--labels", "labels_path", type=click.Path(dir_okay=False), help="Labels file (with --predictions); the latest label_ts per id counts.")
-@click.option("--db", type=click.Path(dir_okay=False), help="Evaluate the store in this DuckDB file.")
+@click.option("--data", help="Joined file: y_pred and y_true on each row (a holdout set).")
+@click.option("--predictions", "predictions_path", help="Predictions file (with --labels).")
+@click.option("--labels", "labels_path", help="Labels file (with --predictions); the latest label_ts per id counts.")
+@click.option("--db", help="Evaluate the store in this DuckDB file.")
 @click.option("--model", help="Only this model.")
 @click.option("--version", "model_version", help="Only this model version.")
 @click.option("--window", metavar="DURATION", help="Tumbling windows by prediction time, aligned to the UTC epoch: 15m, 1h, 1d…")
@@ -145,9 +145,9 @@ def eval_command(**kw: Any) -> None:
 # -- ingest --------------------------------------------------------------------------------------
 @cli.command("ingest")
 @click.argument("kind", type=click.Choice(["predictions", "labels"]))
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--db", type=click.Path(dir_okay=False), help="DuckDB store file [default: $MSEWATCH_DB or msewatch.duckdb].")
-@click.option("--rejects", type=click.Path(dir_okay=False), help="Write rejected rows with their reasons to this NDJSON file.")
+@click.argument("file")
+@click.option("--db", help="DuckDB store file [default: $MSEWATCH_DB or msewatch.duckdb].")
+@click.option("--rejects", help="Write rejected rows with their reasons to this NDJSON file.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--source", help="Provenance recorded with every row [default: the file path].")
 @click.option("--model", "default_model", help="Model name for rows without one [default: 'default'].")
@@ -235,7 +235,7 @@ class _progress:
 
 # -- demo ----------------------------------------------------------------------------------------
 @cli.command("demo")
-@click.option("--db", type=click.Path(dir_okay=False), default="msewatch-demo.duckdb", show_default=True, help="Store file to (re)create for the demo.")
+@click.option("--db", default="msewatch-demo.duckdb", show_default=True, help="Store file to (re)create for the demo.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the scenario.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def demo_command(db: str, seed: int, fmt: str) -> None:

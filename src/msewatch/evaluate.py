@@ -112,6 +112,10 @@ def evaluation_expr(
         data = data.filter(data.model == spec.model)
     if spec.version is not None:
         data = data.filter(data.version == spec.version)
+    if "ts" not in data.columns and (spec.windowed or spec.since or spec.until):
+        raise InputError(
+            "--window, --rolling, --since and --until need prediction times; the data has no 'ts' column."
+        )
     if spec.since is not None:
         data = data.filter(data.ts >= ibis.literal(spec.since).cast(UTC))
     if spec.until is not None:
@@ -119,8 +123,6 @@ def evaluation_expr(
 
     group_cols: list[str] = []
     if spec.windowed:
-        if data.ts.type().is_null():
-            raise InputError("--window and --rolling need prediction times; the data has no 'ts' column.")
         data = _assign_windows(data, spec)
         group_cols.append("window_start")
     group_cols.extend(spec.by)

@@ -130,8 +130,6 @@ def normalize(
     for contract, required in (("ts", kind == "predictions"), ("label_ts", False)):
         value = col(contract)
         if value is None:
-            if kind == "joined" and contract == "ts":
-                out["ts"] = ibis.null(UTC)
             continue
         stamp, stamp_checks = _timestamp(value, contract, required=required)
         out[contract] = stamp

@@ -4,7 +4,10 @@ Writes are set-based and transactional: a file (or request) is staged in a tempo
 batch by batch through Arrow, validated by `schema.normalize`, then merged with one statement per
 outcome inside a single transaction, so either every accepted row of the file is committed or
 none is. Prediction ids are immutable (same content again is a duplicate, different content a
-conflict); a different label for an id is a new revision, the newest revision counts.
+conflict); a different label for an id is a new revision. The label that counts is the one
+with the latest `label_ts` (unknown counts as oldest), then the latest arrival: the rule that
+`eval --labels FILE` applies, so the store and files agree. Per-minute rollups are refreshed in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import pyarrow as pa
 from msewatch.errors import InputError, StoreError, StoreLockedError
 from msewatch.io import BatchReader, ParseReject
 from msewatch.schema import ColumnMap, Kind, normalize, required_columns
+from msewatch.store import _rollups as rollups
 
 __all__ = ["IngestResult", "Reject", "Store", "default_db_path"]
 
 _CORE_PREDICTION_COLUMNS = ("prediction_id", "ts", "model", "version", "y_pred")
+_OLDEST = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -125,7 +130,7 @@ class Store:
             ) from exc
         self.con.execute("SET TimeZone = 'UTC'")
         if not read_only:
-            self.con.execute(_DDL)
+            self.con.execute(_DDL + rollups.ROLLUP_DDL)
         self.engine = ibis.duckdb.from_connection(self.con)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -142,7 +147,7 @@ class Store:
     def count(self, table: str) -> int:
         if table not in ("predictions", "labels", "ingest_log"):
             raise ValueError(f"unknown table {table!r}")
-        return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # type: ignore[index]
+        return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
     def predictions(self) -> ir.Table:
         """All stored predictions, with segment and feature columns."""
@@ -271,15 +276,18 @@ class Store:
                     Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
                 )
         names = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *stage.extras])
-        inserted = con.execute(
-            f"""INSERT INTO predictions ({names}, source, ingested_at)
-            SELECT {names}, ?, ? FROM _ranked r
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names} FROM _ranked r
             WHERE r._rn = 1 AND NOT EXISTS
-                (SELECT 1 FROM predictions p WHERE p.prediction_id = r.prediction_id)""",
+                (SELECT 1 FROM predictions p WHERE p.prediction_id = r.prediction_id)"""
+        )
+        inserted = con.execute(
+            f"INSERT INTO predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert",
             [stage.source, _now()],
-        ).fetchone()
-        result.accepted += int(inserted[0]) if inserted else 0
-        con.execute("DROP TABLE IF EXISTS _ranked")
+        ).fetchall()
+        result.accepted += int(inserted[0][0]) if inserted else 0
+        rollups.refresh(con, rollups.touched_by_predictions("_insert"))
+        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _insert")
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
@@ -293,31 +301,39 @@ class Store:
                         AND l.y_true = s.y_true AND l.label_ts IS NOT DISTINCT FROM s.label_ts) AS _stored
             FROM _stage s WHERE _error IS NULL"""
         )
-        dup = con.execute("SELECT count(*) FROM _ranked WHERE _copy > 1 OR _stored").fetchone()
-        result.duplicates += int(dup[0]) if dup else 0
+        dup = con.execute("SELECT count(*) FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
+        result.duplicates += int(dup[0][0]) if dup else 0
+        # revisions number the arrivals; which one counts is decided below
         con.execute(
             """CREATE OR REPLACE TEMP TABLE _new AS
             SELECT n.prediction_id, n.y_true, n.label_ts,
                 coalesce(m.revision, 0) + row_number() OVER
-                    (PARTITION BY n.prediction_id ORDER BY n.label_ts NULLS FIRST, n._row) AS revision,
-                row_number() OVER
-                    (PARTITION BY n.prediction_id ORDER BY n.label_ts DESC NULLS LAST, n._row DESC) = 1
-                    AS is_current
+                    (PARTITION BY n.prediction_id ORDER BY n.label_ts NULLS FIRST, n._row) AS revision
             FROM (SELECT * FROM _ranked WHERE _copy = 1 AND NOT _stored) n
             LEFT JOIN (SELECT prediction_id, max(revision) AS revision FROM labels
                        GROUP BY prediction_id) m USING (prediction_id)"""
         )
-        con.execute(
-            """UPDATE labels SET is_current = false WHERE is_current
-            AND prediction_id IN (SELECT prediction_id FROM _new)"""
-        )
         inserted = con.execute(
             """INSERT INTO labels
-            SELECT prediction_id, y_true, label_ts, revision, is_current, ?, ? FROM _new""",
+            SELECT prediction_id, y_true, label_ts, revision, false, ?, ? FROM _new""",
             [stage.source, _now()],
-        ).fetchone()
-        result.accepted += int(inserted[0]) if inserted else 0
-        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new")
+        ).fetchall()
+        result.accepted += int(inserted[0][0]) if inserted else 0
+        # the current label: latest label_ts (unknown counts as oldest), then latest arrival,
+        # the same rule `eval --labels FILE` applies to a file, so store and files agree
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _best AS
+            SELECT prediction_id, arg_max(revision, {{'t': coalesce(label_ts, {_OLDEST}), 'r': revision}})
+                AS revision
+            FROM labels WHERE prediction_id IN (SELECT prediction_id FROM _new)
+            GROUP BY prediction_id"""
+        )
+        con.execute(
+            """UPDATE labels SET is_current = (labels.revision = b.revision)
+            FROM _best b WHERE labels.prediction_id = b.prediction_id"""
+        )
+        rollups.refresh(con, rollups.touched_by_labels("_new"))
+        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best")
 
 
 class _Stage:
@@ -372,8 +388,12 @@ class _Stage:
             else:
                 self._add_stage_columns()
             con.execute(f"INSERT INTO _stage BY NAME {sql}")
+            rows = batch.column("_row")
+            # _row grows batch by batch, so the range scan touches this batch's row groups only
             bad = con.execute(
-                f"SELECT _row, _error FROM ({sql}) WHERE _error IS NOT NULL ORDER BY _row"
+                "SELECT _row, _error FROM _stage WHERE _row BETWEEN ? AND ? "
+                "AND _error IS NOT NULL ORDER BY _row",
+                [rows[0].as_py(), rows[len(rows) - 1].as_py()],
             ).fetchall()
         finally:
             con.unregister("_batch")
