@@ -20,6 +20,7 @@ from typing import Any
 
 import ibis
 import ibis.expr.types as ir
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -238,7 +239,7 @@ def _record_numbers(last: int, count: int, skipped: list[int]) -> tuple[pa.Array
 
 def _with_rows(batch: pa.RecordBatch, first: int | pa.Array) -> pa.RecordBatch:
     if isinstance(first, int):
-        rows = pa.array(range(first, first + batch.num_rows), pa.int64())
+        rows = pa.array(np.arange(first, first + batch.num_rows, dtype=np.int64))
     else:
         rows = first
     names = [n for n in batch.schema.names if n != "_row"]

@@ -244,15 +244,23 @@ class Store:
         same_as = lambda a, b: " AND ".join(  # noqa: E731
             f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
         )
+        # ids repeated inside the input are rare: find them with a hash aggregate, not a sort
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE _ranked AS SELECT *, row_number() OVER "
-            "(PARTITION BY prediction_id ORDER BY _row) AS _rn FROM _stage WHERE _error IS NULL"
+            """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, min(_row) AS _first
+            FROM _stage WHERE _error IS NULL GROUP BY prediction_id HAVING count(*) > 1"""
         )
-        # repeats inside the file: identical ones are duplicates, different ones conflicts
+        con.execute(
+            """CREATE OR REPLACE TEMP VIEW _ranked AS
+            SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
+            FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._error IS NULL"""
+        )
+        # repeats inside the input: identical ones are duplicates, different ones conflicts
         rows = con.execute(
             f"""SELECT r._row, r.prediction_id, f._row, {same_as('r', 'f')}
-            FROM _ranked r JOIN _ranked f ON f.prediction_id = r.prediction_id AND f._rn = 1
-            WHERE r._rn > 1"""
+            FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
+            JOIN (SELECT * FROM _ranked WHERE _is_first
+                  AND prediction_id IN (SELECT prediction_id FROM _repeats)) f
+              ON f.prediction_id = r.prediction_id"""
         ).fetchall()
         for row, pid, first_row, same in rows:
             if same:
@@ -266,7 +274,7 @@ class Store:
         rows = con.execute(
             f"""SELECT r._row, r.prediction_id, {same_as('r', 'p')}
             FROM _ranked r JOIN predictions p ON p.prediction_id = r.prediction_id
-            WHERE r._rn = 1"""
+            WHERE r._is_first"""
         ).fetchall()
         for row, pid, same in rows:
             if same:
@@ -278,7 +286,7 @@ class Store:
         names = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *stage.extras])
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names} FROM _ranked r
-            WHERE r._rn = 1 AND NOT EXISTS
+            WHERE r._is_first AND NOT EXISTS
                 (SELECT 1 FROM predictions p WHERE p.prediction_id = r.prediction_id)"""
         )
         inserted = con.execute(
@@ -287,7 +295,7 @@ class Store:
         ).fetchall()
         result.accepted += int(inserted[0][0]) if inserted else 0
         rollups.refresh(con, rollups.touched_by_predictions("_insert"))
-        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _insert")
+        con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
