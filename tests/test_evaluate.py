@@ -305,11 +305,16 @@ def check_row(got: dict[str, Any], want: dict[str, Any], where: str) -> None:
     )
     if want["r2"] is None:
         assert got["r2"] is None, f"{where}: r2 of constant targets is {got['r2']!r}"
-    else:
-        s_y = float(np.dot(yt - yt.mean(), yt - yt.mean()))
-        q = sum_r2 / s_y  # 1 − r2, compared relatively; the spread is summed by Welford updates
-        kappa = math.sqrt(float(np.dot(yt, yt)) / s_y)
-        close(f"{where} r2", got["r2"], want["r2"], RTOL * (abs(want["r2"]) + q) + q * K * n * U * kappa)
+        return
+    s_y = float(np.dot(yt - yt.mean(), yt - yt.mean()))
+    kappa = math.sqrt(float(np.dot(yt, yt)) / s_y)
+    if K * n * U * kappa >= 0.5:
+        # targets a few ulps apart (1e9 and 1e9 + 1.2e-7): the bound on Σ(y − ȳ)² reaches 100 %,
+        # so the engine may find it 0 (r2 null) or any size; the ratio means nothing here
+        assert got["r2"] is None or math.isfinite(got["r2"]), (where, got["r2"])
+        return
+    q = sum_r2 / s_y  # 1 − r2, compared relatively; the spread is summed by Welford updates
+    close(f"{where} r2", got["r2"], want["r2"], RTOL * (abs(want["r2"]) + q) + q * K * n * U * kappa)
 
 
 def check_evaluation(rows: list[dict[str, Any]], want: dict[tuple, dict], spec: EvalSpec) -> None:
@@ -415,13 +420,28 @@ def test_since_until_and_filters(engine, s, data) -> None:
         since=since,
         until=until,
         by=data.draw(st.sampled_from([(), ("region",)])),
-        window=data.draw(st.sampled_from([None, 3600])),
+        **data.draw(st.sampled_from([{}, {"window": 3600}, {"rolling": 7200, "step": 3600}])),
         model=data.draw(st.sampled_from([None, *MODELS])),
         version=data.draw(st.sampled_from([None, *VERSIONS])),
     )
     note(spec)
     rows = evaluate(engine, s, spec)
     check_evaluation(rows, expected_rows(s.preds, s.current(), spec), spec)
+
+
+def test_since_is_inclusive_and_until_exclusive(engine) -> None:
+    t = [1_700_000_000 * US + 123_457, 1_700_000_050 * US + 1, 1_700_000_100 * US + 999_999]
+    s = Scenario([Pred(f"p{i}", ts, "m1", "v1", "eu", float(i)) for i, ts in enumerate(t)], [])
+    at = [dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=ts) for ts in t]
+    micro = dt.timedelta(microseconds=1)
+    for since, until, n in [
+        (at[0], at[2], 2), (at[0] + micro, at[2] + micro, 2), (at[1], at[1] + micro, 1),
+        (at[0] - micro, at[0], 0), (None, at[1], 1), (at[1], None, 2),
+    ]:
+        spec = EvalSpec(since=since, until=until)
+        rows = evaluate(engine, s, spec)
+        assert rows[0]["n_predictions"] == n, (since, until)
+        check_evaluation(rows, expected_rows(s.preds, {}, spec), spec)
 
 
 def test_group_without_labels_has_null_metrics(engine) -> None:
@@ -526,28 +546,9 @@ def test_store_end_to_end_uses_latest_revision(tmp_path: Path, s, data) -> None:
         assert store.ingest_file("labels", first).accepted == len(labels)
         result = store.ingest_file("labels", second)
         assert result.accepted == len(fixed) and result.rejected == 0
-        inp = from_store(store)
+        assert store.count("labels") == len(labels) + len(fixed)  # every revision is kept ...
+        inp = from_store(store)  # ... and only the latest counts
         current = {lab.pid: lab for lab in labels} | {lab.pid: lab for lab in fixed}
         for spec in (EvalSpec(by=("region", "version")), EvalSpec(window=3600, by=("version",))):
             rows = run_evaluation(inp.engine, inp.predictions, inp.labels, spec)
             check_evaluation(rows, expected_rows(s.preds, current, spec), spec)
-        # every revision is kept; only the latest counted above
-        assert store.count("labels") == len(labels) + len(fixed)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="Store.count() leaves an unfinished DuckDB result (fetchone), so the next Ibis query "
-    "on the store's connection raises ResourceInUseException (DuckDB 2)",
-)
-def test_store_count_then_evaluate(tmp_path: Path) -> None:
-    s = Scenario([Pred("a", 1_700_000_000 * US, "m1", "v1", "eu", 1.0)], [Label("a", 2.0, None, 0)])
-    pq.write_table(predictions_table(s), tmp_path / "p.parquet")
-    pq.write_table(labels_table(s.labels, with_row=False), tmp_path / "l.parquet")
-    with Store(tmp_path / "s.duckdb") as store:
-        store.ingest_file("predictions", tmp_path / "p.parquet")
-        store.ingest_file("labels", tmp_path / "l.parquet")
-        assert store.count("labels") == 1
-        inp = from_store(store)
-        rows = run_evaluation(inp.engine, inp.predictions, inp.labels, EvalSpec())
-        assert rows[0]["mse"] == 1.0

@@ -87,7 +87,7 @@ def eval_command(**kw: Any) -> None:
       msewatch eval --db msewatch.duckdb --model pricing --rolling 24h --step 1h
     Rows that fail validation are left out and counted on stderr; `msewatch ingest` lists them.
     """
-    from msewatch.evaluate import EvalSpec, metric_columns, run_evaluation
+    from msewatch.evaluate import EvalSpec, evaluate, metric_columns
     from msewatch.output import render
     from msewatch.units import parse_duration, parse_instant
 
@@ -127,19 +127,31 @@ def eval_command(**kw: Any) -> None:
 
         source = from_files(kw["predictions_path"], kw["labels_path"], columns)
     try:
-        rows = run_evaluation(source.engine, source.predictions, source.labels, spec)
+        result = evaluate(source.engine, source.predictions, source.labels, spec)
+        _warn_rejected(source, result)
     finally:
         if store is not None:
             store.close()
-    for name, n in source.skipped.items():
-        first = "; ".join(source.reasons.get(name, []))
+    rows = result.rows
+    group = (["window_start", "window_end"] if spec.windowed else []) + list(spec.by)
+    click.echo(render(rows, group + metric_columns(rows), kw["fmt"]))
+
+
+def _warn_rejected(source: Any, result: Any) -> None:
+    """One stderr line per input file that had rows left out, with the first reasons."""
+    from msewatch.sources import first_rejects
+
+    counts = [result.rejected_predictions, result.rejected_labels]
+    for (name, (_, parse_rejects)), n in zip(source.checked.items(), counts):
+        n += len(parse_rejects)
+        if not n:
+            continue
+        first = "; ".join(first_rejects(source.engine, source, name))
         click.echo(
             f"msewatch: warning: left out {n} invalid row{'s' * (n != 1)} of {name} ({first}); "
             "`msewatch ingest … --rejects FILE` lists them all.",
             err=True,
         )
-    group = (["window_start", "window_end"] if spec.windowed else []) + list(spec.by)
-    click.echo(render(rows, group + metric_columns(rows), kw["fmt"]))
 
 
 # -- ingest --------------------------------------------------------------------------------------

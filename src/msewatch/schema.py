@@ -2,13 +2,17 @@
 
 `normalize` turns a raw table (columns as read from a file or request, any types) into the typed
 shape of the data contract (DESIGN.md section 4) plus two bookkeeping columns: `_row`, the record
-number in the source, and `_error`, null for a good row or the reason the row is rejected.
+number in the source, `_ok`, true for a good row, and `_error`, null for a good row or the
+reason the row is rejected.
 Because it is an Ibis expression, the same validation runs in DuckDB at ingest and in any engine
 at evaluation time.
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import operator
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
@@ -39,6 +43,10 @@ DEFAULT_VERSION = "default"
 # epoch seconds accepted as timestamps: years 1 to 9999
 _EPOCH_MIN = -62_135_596_800.0
 _EPOCH_MAX = 253_402_300_799.0
+_TS_MIN = ibis.literal(datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc)).cast(UTC)
+_TS_MAX = ibis.literal(
+    datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc)
+).cast(UTC)
 
 
 @dataclass(frozen=True)
@@ -82,7 +90,7 @@ def normalize(
     feature_columns: frozenset[str] = frozenset(),
     segment_columns: frozenset[str] = frozenset(),
 ) -> ir.Table:
-    """Typed contract columns, pass-through extras, `_row` and the rejection reason `_error`.
+    """Typed contract columns, pass-through extras, `_row`, `_ok` and the rejection reason `_error`.
 
     Extras (columns outside the contract) keep their values: those named in `feature_columns`,
     and numeric ones not named in `segment_columns`, become float64 features; everything else
@@ -111,7 +119,7 @@ def normalize(
         pid_str = _as_string(pid)
         out["prediction_id"] = pid_str
         checks += [
-            (pid_str.isnull() | (pid_str.strip().length() == 0), ibis.literal("prediction_id is empty")),
+            (pid_str.isnull() | _blank(pid_str), ibis.literal("prediction_id is empty")),
             (
                 pid_str.length() > MAX_ID_LENGTH,
                 ibis.literal(f"prediction_id is longer than {MAX_ID_LENGTH} characters"),
@@ -186,10 +194,20 @@ def normalize(
                     )
                 )
 
-    error: ir.StringValue = ibis.null("string")
-    for condition, reason in reversed(checks):
-        error = ibis.ifelse(condition.fill_null(False), reason, error)
-    return raw.select(**out, _row=raw["_row"].cast("int64"), _error=error)
+    # `_ok` is cheap boolean work for every row; the message in `_error` (string building) is
+    # only computed where a consumer asks for it, which is for the rejected rows
+    failed = [condition.fill_null(False) for condition, _ in checks]
+    ok = ~functools.reduce(operator.or_, failed) if failed else ibis.literal(True)
+    error = ibis.cases(*zip(failed, (reason for _, reason in checks)), else_=ibis.null("string")) if failed else ibis.null("string")
+    return raw.select(**out, _row=raw["_row"].cast("int64"), _ok=ok, _error=error)
+
+
+def _blank(text: ir.StringValue) -> ir.BooleanValue:
+    """Empty or only white space; trims only the rare values that start with white space."""
+    first = text.substr(0, 1)
+    return ibis.ifelse(
+        first.isin([" ", "\t", "\n", "\r"]), text.strip().length() == 0, text.length() == 0
+    )
 
 
 def _as_string(value: ir.Value) -> ir.StringValue:
@@ -244,7 +262,7 @@ def _timestamp(
         )
     # years 1 to 9999 only: the engine also parses 'infinity', BC and five-digit years, which
     # no client can represent
-    in_range = stamp.epoch_seconds().between(_EPOCH_MIN, _EPOCH_MAX).fill_null(False)
+    in_range = stamp.between(_TS_MIN, _TS_MAX).fill_null(False)
     stamp = ibis.ifelse(in_range, stamp, ibis.null(UTC))
     checks: list[tuple[ir.BooleanValue, ir.StringValue]] = []
     if required:

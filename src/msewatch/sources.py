@@ -1,8 +1,8 @@
 """The inputs of an evaluation: files read by the engine, or the store's tables.
 
-Each returns an `EvalInput`: the engine, the prediction table, the label table (None for a
-joined holdout file) and the count of rows left out because they failed validation, with the
-first reasons, so the CLI can say what it skipped.
+File inputs are validated, not filtered: each row carries `_ok` (and `_row`), so the evaluation
+leaves rejected rows out of every metric and counts them in the same pass over the data.
+`first_rejects` then fetches the reasons of the first few, only when there are any.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from msewatch.io import ParseReject, scan
 from msewatch.schema import ColumnMap, Kind, normalize
 from msewatch.store import Store
 
-__all__ = ["EvalInput", "from_files", "from_joined", "from_store", "new_engine"]
+__all__ = ["EvalInput", "first_rejects", "from_files", "from_joined", "from_store", "new_engine"]
 
 
 @dataclass
@@ -27,8 +27,8 @@ class EvalInput:
     engine: Any
     predictions: ir.Table
     labels: ir.Table | None
-    skipped: dict[str, int] = field(default_factory=dict)  # source → rows left out
-    reasons: dict[str, list[str]] = field(default_factory=dict)  # source → first reasons
+    #: per source file: its validated table and the records that could not be parsed at all
+    checked: dict[str, tuple[ir.Table, list[ParseReject]]] = field(default_factory=dict)
 
 
 def new_engine() -> Any:
@@ -38,29 +38,22 @@ def new_engine() -> Any:
     return engine
 
 
-def _valid_rows(
-    engine: Any, path: str | os.PathLike[str], kind: Kind, columns: ColumnMap, into: EvalInput,
-    **options: Any,
+def _checked(
+    engine: Any, path: str | os.PathLike[str], kind: Kind, columns: ColumnMap, into: EvalInput
 ) -> ir.Table:
     raw, parse_rejects = scan(engine, path)
-    table = normalize(raw, kind, columns, source=str(path), **options)
-    _count_skipped(engine, table, parse_rejects, str(path), into)
-    return table.filter(table._error.isnull()).drop("_error")
+    table = normalize(raw, kind, columns, source=str(path))
+    into.checked[str(path)] = (table, parse_rejects)
+    return table
 
 
-def _count_skipped(
-    engine: Any, table: ir.Table, parse_rejects: list[ParseReject], name: str, into: EvalInput
-) -> None:
-    bad = table.filter(table._error.notnull())
-    first = engine.to_pyarrow(bad.select("_row", "_error").order_by("_row").limit(3)).to_pylist()
-    total = len(parse_rejects)
-    if first:
-        total += int(engine.to_pyarrow(bad.count().as_table()).column(0)[0].as_py())
-    if total:
-        reasons = [f"row {p.row}: {p.error}" for p in parse_rejects[:3]]
-        reasons += [f"row {r['_row']}: {r['_error']}" for r in first]
-        into.skipped[name] = total
-        into.reasons[name] = reasons[:3]
+def first_rejects(engine: Any, source: EvalInput, name: str, limit: int = 3) -> list[str]:
+    """'row N: reason' for the first rejected rows of one source file."""
+    table, parse_rejects = source.checked[name]
+    reasons = [f"row {p.row}: {p.error}" for p in parse_rejects[:limit]]
+    bad = table.filter(~table._ok).select("_row", "_error").order_by("_row").limit(limit)
+    reasons += [f"row {r['_row']}: {r['_error']}" for r in engine.to_pyarrow(bad).to_pylist()]
+    return reasons[:limit]
 
 
 def from_files(
@@ -73,9 +66,8 @@ def from_files(
     """Prediction and label files; when an id has several labels the latest counts."""
     engine = engine or new_engine()
     out = EvalInput(engine, None, None)  # type: ignore[arg-type]
-    preds = _valid_rows(engine, predictions_path, "predictions", columns, out)
-    labels = _valid_rows(engine, labels_path, "labels", columns, out)
-    out.predictions = preds.drop("_row")
+    out.predictions = _checked(engine, predictions_path, "predictions", columns, out).drop("_error")
+    labels = _checked(engine, labels_path, "labels", columns, out).drop("_error")
     out.labels = latest_labels(labels)
     return out
 
@@ -86,7 +78,7 @@ def from_joined(
     """One file with y_pred and y_true on every row (a holdout set)."""
     engine = engine or new_engine()
     out = EvalInput(engine, None, None)  # type: ignore[arg-type]
-    out.predictions = _valid_rows(engine, path, "joined", columns, out).drop("_row")
+    out.predictions = _checked(engine, path, "joined", columns, out).drop("_error")
     return out
 
 

@@ -105,10 +105,12 @@ class QuantileSketch:
         raise AssertionError("unreachable: rank below total count")  # pragma: no cover
 
     def _value(self, key: int) -> float:
-        """The bucket's representative 2γᵏ/(γ + 1), capped at the largest float: for values near
-        it γᵏ itself overflows, and the cap is closer to every value of the bucket anyway."""
+        """The bucket's representative 2γᵏ/(γ + 1), as γᵏ⁻¹·2γ/(γ + 1): near the largest float
+        γᵏ itself overflows while the representative may not (γᵏ⁻¹ is below every value of the
+        bucket). A representative beyond the largest float is capped there, which is closer to
+        every value of the bucket anyway."""
         try:
-            value = self._gamma**key * (2.0 / (self._gamma + 1.0))
+            value = self._gamma ** (key - 1) * (2.0 * self._gamma / (self._gamma + 1.0))
         except OverflowError:
             value = math.inf
         return min(value, _MAX_FLOAT)

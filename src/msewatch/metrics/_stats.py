@@ -19,6 +19,8 @@ from msewatch.metrics._functions import EPSILON, as_pair
 
 __all__ = ["ErrorStats"]
 
+_EPS = float(np.finfo(np.float64).eps)
+
 
 @dataclass
 class ErrorStats:
@@ -225,8 +227,19 @@ def _unmerge(nc: int, mc: float, m2c: float, nb: int, mb: float, m2b: float) -> 
     # mean (constant targets), and no cancellation of nc·mc against nb·mb
     d = mb - mc
     if d == 0.0:
-        return mc, max(m2c - m2b, 0.0)
-    mean_a = mc - d * (nb / na)
-    delta = d * (nc / na)  # mb − mean_a
-    m2a = m2c - m2b - delta * delta * (na * nb / nc)
-    return mean_a, max(m2a, 0.0)
+        mean_a, cross = mc, 0.0
+    else:
+        mean_a = mc - d * (nb / na)
+        delta = d * (nc / na)  # mb − mean_a
+        cross = delta * delta * (na * nb / nc)
+    m2a = m2c - m2b - cross
+    # What the subtraction leaves can be pure rounding residue of the larger stream: its sums
+    # carry about nc·ε relative error, and the rounding of mc (ε·|mc|, even when d rounds to 0)
+    # enters `cross` amplified by nc/na. A spread below that is not resolvable; keep it at 0, or
+    # a constant (or single-pair) remainder gets a spread of noise and r2 a huge meaningless
+    # value instead of None.
+    mean_noise = (abs(d) + _EPS * abs(mc)) * abs(mc) * (nc * nb / na)
+    noise = 4.0 * nc * _EPS * (m2c + m2b + cross + mean_noise)
+    if na == 1 or m2a <= noise:
+        return mean_a, 0.0
+    return mean_a, m2a

@@ -247,12 +247,12 @@ class Store:
         # ids repeated inside the input are rare: find them with a hash aggregate, not a sort
         con.execute(
             """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, min(_row) AS _first
-            FROM _stage WHERE _error IS NULL GROUP BY prediction_id HAVING count(*) > 1"""
+            FROM _stage WHERE _ok GROUP BY prediction_id HAVING count(*) > 1"""
         )
         con.execute(
             """CREATE OR REPLACE TEMP VIEW _ranked AS
             SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
-            FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._error IS NULL"""
+            FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._ok"""
         )
         # repeats inside the input: identical ones are duplicates, different ones conflicts
         rows = con.execute(
@@ -307,7 +307,7 @@ class Store:
                 row_number() OVER (PARTITION BY prediction_id, y_true, label_ts ORDER BY _row) AS _copy,
                 EXISTS (SELECT 1 FROM labels l WHERE l.prediction_id = s.prediction_id
                         AND l.y_true = s.y_true AND l.label_ts IS NOT DISTINCT FROM s.label_ts) AS _stored
-            FROM _stage s WHERE _error IS NULL"""
+            FROM _stage s WHERE _ok"""
         )
         dup = con.execute("SELECT count(*) FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
         result.duplicates += int(dup[0][0]) if dup else 0
@@ -400,7 +400,7 @@ class _Stage:
             # _row grows batch by batch, so the range scan touches this batch's row groups only
             bad = con.execute(
                 "SELECT _row, _error FROM _stage WHERE _row BETWEEN ? AND ? "
-                "AND _error IS NOT NULL ORDER BY _row",
+                "AND NOT _ok ORDER BY _row",
                 [rows[0].as_py(), rows[len(rows) - 1].as_py()],
             ).fetchall()
         finally:
