@@ -22,6 +22,7 @@ from typing import Any
 import ibis
 import ibis.expr.datatypes as dt_type
 import ibis.expr.types as ir
+import pyarrow as pa
 
 from msewatch.errors import InputError
 from msewatch.metrics import EPSILON, METRIC_NAMES, QUANTILES
@@ -80,26 +81,41 @@ class EvalSpec:
         return bool(self.window or self.rolling)
 
 
-def latest_labels(labels: ir.Table) -> ir.Table:
+#: the id under which `latest_labels` gathers rejected label rows; no counted prediction has it
+#: (ids with a NUL character are rejected), so it joins nothing real
+REJECTED_ID = "\x00rejected"
+
+
+def latest_labels(labels: ir.Table, *, dialect: str = "duckdb") -> ir.Table:
     """One label per prediction id: the latest `label_ts`, else the last row.
 
-    With validation columns (`_ok`, from `schema.normalize`) rejected rows are left out of the
-    choice and counted per id in `_bad`, so an evaluation reports them without a second scan.
+    With validation columns (`_ok`, from `schema.normalize`) rejected rows are gathered under
+    `REJECTED_ID` and counted in `_bad`, so an evaluation reports them without a second scan.
     """
     ok = labels._ok if "_ok" in labels.columns else None
     if "label_ts" in labels.columns:
         oldest = ibis.literal(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)).cast(UTC)
-        key = ibis.struct({"t": labels.label_ts.fill_null(oldest), "r": labels._row})
+        key = ibis.struct({"t": labels.label_ts.fill_null(oldest), "r": labels._row.cast("int64")})
         # the latest label_ts is the max: one ordered aggregate, not two
-        aggs = {"y_true": labels.y_true.argmax(key), "label_ts": labels.label_ts.max()}
+        aggs = {"y_true": _arg_max(labels.y_true, key, dialect), "label_ts": labels.label_ts.max()}
     else:
         aggs = {"y_true": labels.y_true.argmax(labels._row)}
     if ok is None:
         return labels.group_by("prediction_id").aggregate(**aggs)
-    # rejected rows form one group of their own, under a null id that never joins, so they
-    # are counted exactly once however the predictions repeat
-    group = ibis.ifelse(ok, labels.prediction_id, ibis.null("string")).name("prediction_id")
+    group = ibis.ifelse(ok, labels.prediction_id, REJECTED_ID).name("prediction_id")
     return labels.group_by(group).aggregate(**aggs, _bad=labels.count(where=~ok))
+
+
+@ibis.udf.agg.builtin(name="arg_max")
+def _duckdb_arg_max(  # type: ignore[empty-body]
+    arg: dt_type.float64, key: dt_type.Struct({"t": dt_type.Timestamp(timezone="UTC"), "r": dt_type.int64})
+) -> dt_type.float64:
+    """DuckDB's arg_max with a struct key: a hash aggregate, where Ibis's portable spelling of
+    argmax on a struct is an ordered aggregate that sorts every group (twice as slow)."""
+
+
+def _arg_max(arg: ir.FloatingColumn, key: ir.StructColumn, dialect: str) -> ir.FloatingScalar:
+    return _duckdb_arg_max(arg, key) if dialect == "duckdb" else arg.argmax(key)
 
 
 def evaluation_expr(
@@ -142,14 +158,18 @@ def evaluation_expr(
         preds = preds.filter(~preds._ok | cond) if checked else preds.filter(cond)
 
     counted = labels is not None and "_bad" in labels.columns
+    if counted:
+        # one extra prediction row, all null but its id, picks up the count of rejected labels
+        # through the ordinary left join; it is neither valid nor rejected itself
+        preds = preds.union(_placeholder(preds.schema(), REJECTED_ID))
     if labels is None:
         data = preds
     else:
-        joined = preds.join(labels, "prediction_id", how="outer" if counted else "left")
+        joined = preds.left_join(labels, "prediction_id")
         label_cols = [c for c in labels.columns if c != "prediction_id"]
         data = joined.select(*[c for c in preds.columns if c != "prediction_id"], *label_cols)
 
-    # rows that count: validated predictions (with an outer join, also not label-only rows)
+    # rows that count: validated predictions, never the placeholder
     valid: ir.BooleanValue | None = None
     if checked:
         valid = data._ok.fill_null(False)
@@ -195,7 +215,7 @@ def evaluation_expr(
         latency = epoch_seconds(label_ts, dialect) - epoch_seconds(data.ts, dialect)
         metrics["_lat"] = latency.quantile([0.5, 0.9])
     if checked:
-        rejected = ~data._ok.fill_null(True)  # null _ok: a label-only row of the outer join
+        rejected = ~data._ok.fill_null(True)  # null _ok: the placeholder row
         if once is not None:
             rejected = rejected & once
         metrics["_rejected_predictions"] = data.count(where=rejected)
@@ -271,6 +291,15 @@ def _assign_windows(
     return expanded.filter(
         (expanded.window_start >= first) | expanded.window_start.isnull()
     ).drop("_base")
+
+
+def _placeholder(schema: Any, prediction_id: str) -> ir.Table:
+    """A one-row table of `schema`: nulls everywhere but the id."""
+    arrow = schema.to_pyarrow()
+    columns = {
+        f.name: pa.array([prediction_id if f.name == "prediction_id" else None], f.type) for f in arrow
+    }
+    return ibis.memtable(pa.table(columns, schema=arrow)).cast(schema)
 
 
 @dataclass

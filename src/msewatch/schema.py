@@ -124,6 +124,7 @@ def normalize(
                 pid_str.length() > MAX_ID_LENGTH,
                 ibis.literal(f"prediction_id is longer than {MAX_ID_LENGTH} characters"),
             ),
+            (pid_str.contains("\x00"), ibis.literal("prediction_id contains a NUL character")),
         ]
     elif kind == "joined":
         out["prediction_id"] = raw["_row"].cast("string")

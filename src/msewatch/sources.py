@@ -68,7 +68,7 @@ def from_files(
     out = EvalInput(engine, None, None)  # type: ignore[arg-type]
     out.predictions = _checked(engine, predictions_path, "predictions", columns, out).drop("_error")
     labels = _checked(engine, labels_path, "labels", columns, out).drop("_error")
-    out.labels = latest_labels(labels)
+    out.labels = latest_labels(labels, dialect=engine.name)
     return out
 
 
