@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 LATENCY_NAMES = ("label_latency_p50_s", "label_latency_p90_s")
-INTERNAL_COLUMNS = ("_rejected_predictions", "_first_rejected", "_rejected_labels")
+INTERNAL_COLUMNS = ("_rejected_predictions", "_rejected_labels")
 
 
 @dataclass(frozen=True)
@@ -127,10 +127,10 @@ def evaluation_expr(
     has one row per prediction id with y_true (and optionally label_ts). With `labels=None`,
     `predictions` already carries y_true (a joined holdout set).
 
-    Unvalidated input (files) carries `_ok` and `_row` on predictions and `_bad` on labels:
-    rejected rows then flow through the same single pass, contribute to no metric, and are
-    counted in the internal columns `_rejected_predictions`, `_first_rejected` and
-    `_rejected_labels`; groups made only of rejected rows have n_predictions 0.
+    Unvalidated input (files) carries `_ok` on predictions and `_bad` on labels: rejected rows
+    then flow through the same single pass, contribute to no metric, and are counted in the
+    internal columns `_rejected_predictions` and `_rejected_labels`; groups made only of
+    rejected rows have n_predictions 0.
     """
     missing = [c for c in spec.by if c not in predictions.columns]
     if missing:
@@ -219,7 +219,6 @@ def evaluation_expr(
         if once is not None:
             rejected = rejected & once
         metrics["_rejected_predictions"] = data.count(where=rejected)
-        metrics["_first_rejected"] = data._row.min(where=rejected)
     if counted:
         metrics["_rejected_labels"] = (data._bad if once is None else ibis.ifelse(once, data._bad, 0)).sum()
 
@@ -309,7 +308,6 @@ class Evaluation:
     rows: list[dict[str, Any]]
     rejected_predictions: int = 0
     rejected_labels: int = 0
-    first_rejected_prediction: int | None = None
 
 
 def evaluate(engine: Any, predictions: ir.Table, labels: ir.Table | None, spec: EvalSpec) -> Evaluation:
@@ -317,13 +315,9 @@ def evaluate(engine: Any, predictions: ir.Table, labels: ir.Table | None, spec: 
     expr, group_cols = evaluation_expr(predictions, labels, spec, dialect=getattr(engine, "name", ""))
     rows = engine.to_pyarrow(expr).to_pylist()
     result = Evaluation(rows=[])
-    firsts = []
     for row in rows:
         result.rejected_predictions += row.pop("_rejected_predictions", 0) or 0
         result.rejected_labels += row.pop("_rejected_labels", 0) or 0
-        first = row.pop("_first_rejected", None)
-        if first is not None:
-            firsts.append(first)
         if group_cols and not row["n_predictions"]:
             continue  # a group of rejected rows only (ungrouped, the one row always stays)
         for key, value in row.items():
@@ -332,7 +326,6 @@ def evaluate(engine: Any, predictions: ir.Table, labels: ir.Table | None, spec: 
             elif isinstance(value, dt.datetime):
                 row[key] = _iso(value)
         result.rows.append(row)
-    result.first_rejected_prediction = min(firsts) if firsts else None
     return result
 
 

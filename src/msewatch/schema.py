@@ -252,22 +252,25 @@ def _timestamp(
 ) -> tuple[ir.TimestampValue, list[tuple[ir.BooleanValue, ir.StringValue]]]:
     """ISO 8601 (naive means UTC) or epoch seconds, as a UTC timestamp."""
     typ = value.type()
-    if typ.is_timestamp() or typ.is_date():
-        stamp = value.cast(UTC)
-    elif typ.is_numeric():
-        stamp = _epoch_to_timestamp(value.cast("float64"))
-    else:
-        text = _as_string(value).strip()
-        stamp = ibis.coalesce(
-            text.try_cast(UTC), _epoch_to_timestamp(text.try_cast("float64"))
-        )
-    # years 1 to 9999 only: the engine also parses 'infinity', BC and five-digit years, which
-    # no client can represent
-    in_range = stamp.between(_TS_MIN, _TS_MAX).fill_null(False)
-    stamp = ibis.ifelse(in_range, stamp, ibis.null(UTC))
     checks: list[tuple[ir.BooleanValue, ir.StringValue]] = []
     if required:
         checks.append((value.isnull(), ibis.literal(f"{name} is missing")))
+    if typ.is_timestamp() or typ.is_date():
+        # already a time: only its range is checked; the value itself needs no rewriting
+        stamp = value.cast(UTC)
+        checks.append(
+            (~stamp.between(_TS_MIN, _TS_MAX), f"{name} is outside the years 1 to 9999: " + _quoted(value))
+        )
+        return stamp, checks
+    if typ.is_numeric():
+        stamp = _epoch_to_timestamp(value.cast("float64"))
+    else:
+        text = _as_string(value).strip()
+        stamp = ibis.coalesce(text.try_cast(UTC), _epoch_to_timestamp(text.try_cast("float64")))
+        # years 1 to 9999 only: the engine also parses 'infinity', BC and five-digit years,
+        # which no client can represent
+        in_range = stamp.between(_TS_MIN, _TS_MAX).fill_null(False)
+        stamp = ibis.ifelse(in_range, stamp, ibis.null(UTC))
     checks.append(
         (
             value.notnull() & stamp.isnull(),

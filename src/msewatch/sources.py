@@ -66,7 +66,7 @@ def from_files(
     """Prediction and label files; when an id has several labels the latest counts."""
     engine = engine or new_engine()
     out = EvalInput(engine, None, None)  # type: ignore[arg-type]
-    out.predictions = _checked(engine, predictions_path, "predictions", columns, out).drop("_error")
+    out.predictions = _checked(engine, predictions_path, "predictions", columns, out).drop("_error", "_row")
     labels = _checked(engine, labels_path, "labels", columns, out).drop("_error")
     out.labels = latest_labels(labels, dialect=engine.name)
     return out
@@ -78,7 +78,7 @@ def from_joined(
     """One file with y_pred and y_true on every row (a holdout set)."""
     engine = engine or new_engine()
     out = EvalInput(engine, None, None)  # type: ignore[arg-type]
-    out.predictions = _checked(engine, path, "joined", columns, out).drop("_error")
+    out.predictions = _checked(engine, path, "joined", columns, out).drop("_error", "_row")
     return out
 
 
