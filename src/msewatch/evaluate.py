@@ -23,6 +23,7 @@ import ibis
 import ibis.expr.datatypes as dt_type
 import ibis.expr.types as ir
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from msewatch.errors import InputError
 from msewatch.metrics import EPSILON, METRIC_NAMES, QUANTILES
@@ -313,18 +314,13 @@ class Evaluation:
 def evaluate(engine: Any, predictions: ir.Table, labels: ir.Table | None, spec: EvalSpec) -> Evaluation:
     """Execute the evaluation on `engine`: rows of plain Python values, and reject counts."""
     expr, group_cols = evaluation_expr(predictions, labels, spec, dialect=getattr(engine, "name", ""))
-    rows = engine.to_pyarrow(expr).to_pylist()
+    rows = _plain(engine.to_pyarrow(expr)).to_pylist()
     result = Evaluation(rows=[])
     for row in rows:
         result.rejected_predictions += row.pop("_rejected_predictions", 0) or 0
         result.rejected_labels += row.pop("_rejected_labels", 0) or 0
         if group_cols and not row["n_predictions"]:
             continue  # a group of rejected rows only (ungrouped, the one row always stays)
-        for key, value in row.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                row[key] = None  # a contract promise: null, never NaN
-            elif isinstance(value, dt.datetime):
-                row[key] = _iso(value)
         result.rows.append(row)
     return result
 
@@ -336,11 +332,17 @@ def run_evaluation(
     return evaluate(engine, predictions, labels, spec).rows
 
 
-def _iso(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    text = value.astimezone(dt.timezone.utc).isoformat()
-    return text.replace("+00:00", "Z")
+def _plain(table: pa.Table) -> pa.Table:
+    """Times as ISO 8601 UTC text, and null where an engine returned NaN or infinity (the
+    contract promises null, never NaN), done column-wise before rows reach Python."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_timestamp(column.type):
+            column = pc.strftime(column.cast(pa.timestamp("s")), format="%Y-%m-%dT%H:%M:%SZ")
+        elif pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_finite(column), column, pa.scalar(None, column.type))
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
 
 
 def metric_columns(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -45,7 +45,8 @@ def render(rows: Sequence[dict[str, Any]], columns: Sequence[str], fmt: str, *, 
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(["" if row.get(c) is None else repr(row[c]) if isinstance(row[c], float) else row[c] for c in columns])
+            # the csv module writes floats with repr(): the shortest text that reads back exactly
+            writer.writerow([row.get(c) for c in columns])
         return buffer.getvalue().rstrip("\n")
     shown = [c for c in columns if c not in _HIDDEN_IN_TABLE]
     table = Table(title=title or None, show_lines=False, header_style="bold")
