@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import functools
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
@@ -25,6 +26,7 @@ from msewatch.errors import InputError
 __all__ = [
     "ColumnMap",
     "Kind",
+    "check_required",
     "MAX_ID_LENGTH",
     "MAX_STRING_LENGTH",
     "UTC",
@@ -79,6 +81,18 @@ def required_columns(kind: Kind) -> tuple[str, ...]:
     }[kind]
 
 
+def check_required(kind: Kind, columns: ColumnMap, present: Sequence[str], source: str) -> None:
+    """InputError naming the required columns of `kind` that `present` lacks, if any."""
+    names = columns.source_names()
+    missing = [names[c] for c in required_columns(kind) if names[c] not in present]
+    if missing:
+        what = ", ".join(repr(m) for m in missing)
+        found = ", ".join(repr(c) for c in present) or "none"
+        raise InputError(
+            f"{source or 'input'}: missing required column {what} for {kind}; found columns: {found}."
+        )
+
+
 def normalize(
     raw: ir.Table,
     kind: Kind,
@@ -99,13 +113,7 @@ def normalize(
     """
     names = columns.source_names()
     present = set(raw.columns)
-    missing = [names[c] for c in required_columns(kind) if names[c] not in present]
-    if missing:
-        what = ", ".join(repr(m) for m in missing)
-        found = ", ".join(repr(c) for c in raw.columns if c != "_row") or "none"
-        raise InputError(
-            f"{source or 'input'}: missing required column {what} for {kind}; found columns: {found}."
-        )
+    check_required(kind, columns, [c for c in raw.columns if c != "_row"], source)
 
     def col(contract: str) -> ir.Column | None:
         name = names[contract]

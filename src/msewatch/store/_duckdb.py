@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from msewatch.errors import InputError, StoreError, StoreLockedError
 from msewatch.io import BatchReader, ParseReject
-from msewatch.schema import ColumnMap, Kind, normalize, required_columns
+from msewatch.schema import ColumnMap, Kind, check_required, normalize, required_columns
 from msewatch.store import _rollups as rollups
 
 __all__ = ["IngestResult", "Reject", "Store", "default_db_path"]
@@ -177,7 +177,7 @@ class Store:
         """Ingest one Parquet, CSV or NDJSON file in one transaction."""
         reader = BatchReader(Path(path))
         if reader.columns:  # Parquet and CSV know their columns before the first row
-            _check_columns(kind, columns, reader.columns, str(path))
+            check_required(kind, columns, reader.columns, str(path))
 
         def batches() -> Iterable[pa.RecordBatch]:
             for batch in reader:
@@ -473,15 +473,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _check_columns(kind: Kind, columns: ColumnMap, present: Sequence[str], source: str) -> None:
-    names = columns.source_names()
-    missing = [names[c] for c in required_columns(kind) if names[c] not in present]
-    if missing:
-        what = ", ".join(repr(m) for m in missing)
-        found = ", ".join(repr(c) for c in present) or "none"
-        raise InputError(f"{source}: missing required column {what} for {kind}; found columns: {found}.")
 
 
 def _q(name: str) -> str:
