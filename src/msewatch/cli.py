@@ -171,7 +171,8 @@ def ingest_command(kind: str, file: str, **kw: Any) -> None:
     \b
     Re-ingesting a file changes nothing (its rows count as duplicates). A prediction id stored
     with different content is a conflict and is rejected. A different label for an id is a new
-    revision: the newest counts, history is kept. Labels may arrive before their predictions.
+    revision, and history is kept; the label with the latest label_ts counts (without one, the
+    last to arrive). Labels may arrive before their predictions.
     The file is committed in one transaction; bad rows are rejected with their reason and the
     good rows beside them still land.
     """
