@@ -23,6 +23,13 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import settings
+
+# In CI the property tests replay a fixed set of examples (derandomized), so a run is
+# reproducible; locally each run explores new random examples.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 CLI_TIMEOUT = 120
 ERROR_PREFIX = "msewatch: error:"
