@@ -146,7 +146,7 @@ def _warn_rejected(source: Any, result: Any) -> None:
         n += len(parse_rejects)
         if not n:
             continue
-        first = "; ".join(first_rejects(source.engine, source, name))
+        first = "; ".join(first_rejects(source, name))
         click.echo(
             f"msewatch: warning: left out {n} invalid row{'s' * (n != 1)} of {name} ({first}); "
             "`msewatch ingest … --rejects FILE` lists them all.",

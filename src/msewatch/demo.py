@@ -9,6 +9,7 @@ scenario goes through the same code paths as `msewatch ingest` and `msewatch eva
 from __future__ import annotations
 
 import datetime as dt
+import io
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -229,7 +230,7 @@ def _print_report(report: dict[str, Any], scenario: Scenario, echo: Callable[[st
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=120, record=True, file=open("/dev/null", "w"), force_terminal=False)
+    console = Console(width=120, record=True, file=io.StringIO(), force_terminal=False)
     regions = scenario.regions
 
     trend = Table(title="Daily RMSE by region (label coverage overall)", header_style="bold")

@@ -16,7 +16,7 @@ import functools
 import math
 import operator
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ibis
@@ -41,6 +41,7 @@ __all__ = [
 
 LATENCY_NAMES = ("label_latency_p50_s", "label_latency_p90_s")
 INTERNAL_COLUMNS = ("_rejected_predictions", "_rejected_labels")
+_OUTPUT_ONLY = ("window_start", "window_end")  # columns an evaluation adds, not groupable
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,6 @@ class EvalSpec:
     model: str | None = None
     version: str | None = None
     huber_delta: float = 1.0
-    reserved: tuple[str, ...] = field(default=("window_start", "window_end"), repr=False)
 
     def __post_init__(self) -> None:
         if self.window and self.rolling:
@@ -74,7 +74,7 @@ class EvalSpec:
         if self.since and self.until and self.since >= self.until:
             raise InputError("--since must be earlier than --until.")
         for name in self.by:
-            if name in self.reserved:
+            if name in _OUTPUT_ONLY:
                 raise InputError(f"--by {name!r} is an output column; group by a data column.")
 
     @property

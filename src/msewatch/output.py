@@ -11,21 +11,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["TABLE_METRICS", "format_value", "render"]
-
-#: the metric columns a terminal table shows; JSON and CSV carry all of them
-TABLE_METRICS = (
-    "n_predictions",
-    "n_labeled",
-    "label_coverage",
-    "mse",
-    "rmse",
-    "mae",
-    "bias",
-    "r2",
-    "p90_sq_err",
-)
-
+__all__ = ["format_value", "render"]
 
 def format_value(value: Any) -> str:
     """Six significant digits for floats, '—' for null."""

@@ -47,12 +47,12 @@ def _checked(
     return table
 
 
-def first_rejects(engine: Any, source: EvalInput, name: str, limit: int = 3) -> list[str]:
+def first_rejects(source: EvalInput, name: str, limit: int = 3) -> list[str]:
     """'row N: reason' for the first rejected rows of one source file."""
     table, parse_rejects = source.checked[name]
     reasons = [f"row {p.row}: {p.error}" for p in parse_rejects[:limit]]
     bad = table.filter(~table._ok).select("_row", "_error").order_by("_row").limit(limit)
-    reasons += [f"row {r['_row']}: {r['_error']}" for r in engine.to_pyarrow(bad).to_pylist()]
+    reasons += [f"row {r['_row']}: {r['_error']}" for r in source.engine.to_pyarrow(bad).to_pylist()]
     return reasons[:limit]
 
 
