@@ -87,9 +87,8 @@ def eval_command(**kw: Any) -> None:
       msewatch eval --db msewatch.duckdb --model pricing --rolling 24h --step 1h
     Rows that fail validation are left out and counted on stderr; `msewatch ingest` lists them.
     """
-    from msewatch.evaluate import EvalSpec, evaluate, metric_columns
+    from msewatch.evaluate import EvalSpec, evaluate
     from msewatch.output import render
-    from msewatch.units import parse_duration, parse_instant
 
     columns = _columns(kw)
     modes = [m for m in ("data", "predictions_path", "db") if kw[m]]
@@ -99,16 +98,9 @@ def eval_command(**kw: Any) -> None:
         _fail("--predictions and --labels go together.")
     if kw["data"] and kw["labels_path"]:
         _fail("--data already holds labels; drop --labels.")
-    by = tuple(c.strip() for c in (kw["by"] or "").split(",") if c.strip())
-    spec = EvalSpec(
-        window=parse_duration(kw["window"], option="--window") if kw["window"] else None,
-        rolling=parse_duration(kw["rolling"], option="--rolling") if kw["rolling"] else None,
-        step=parse_duration(kw["step"], option="--step") if kw["step"] else None,
-        by=by,
-        since=parse_instant(kw["since"], option="--since") if kw["since"] else None,
-        until=parse_instant(kw["until"], option="--until") if kw["until"] else None,
-        model=kw["model"],
-        version=kw["model_version"],
+    spec = EvalSpec.from_options(
+        window=kw["window"], rolling=kw["rolling"], step=kw["step"], by=kw["by"],
+        since=kw["since"], until=kw["until"], model=kw["model"], version=kw["model_version"],
         huber_delta=kw["huber_delta"],
     )
     store = None
@@ -132,9 +124,7 @@ def eval_command(**kw: Any) -> None:
     finally:
         if store is not None:
             store.close()
-    rows = result.rows
-    group = (["window_start", "window_end"] if spec.windowed else []) + list(spec.by)
-    click.echo(render(rows, group + metric_columns(rows), kw["fmt"]))
+    click.echo(render(result.rows, spec.output_columns(result.rows), kw["fmt"]))
 
 
 def _warn_rejected(source: Any, result: Any) -> None:
@@ -247,6 +237,40 @@ class _progress:
 
 
 # -- demo ----------------------------------------------------------------------------------------
+@cli.command("serve")
+@click.option("--db", default=None, metavar="FILE", help="The store [default: $MSEWATCH_DB or msewatch.duckdb].")
+@click.option("--config", "config_path", default=None, metavar="FILE", help="msewatch.toml: tokens, limits, Prometheus labels and buckets.")
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1, or [server] host].")
+@click.option("--port", type=int, default=None, help="Port [default: 8080, or [server] port].")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without tokens.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+def serve_command(db: str | None, config_path: str | None, host: str | None, port: int | None, insecure: bool, log_level: str) -> None:
+    """Serve the HTTP API: ingest predictions and labels, query metrics, Prometheus /metrics.
+
+    \b
+    POST /v1/predictions, POST /v1/labels   JSON object, array, or NDJSON; answered once committed
+    GET  /v1/metrics?window=1h&by=version   the JSON of `msewatch eval --format json`
+    GET  /metrics                           Prometheus exposition (counts at label arrival)
+    GET  /healthz, /readyz, /openapi.json
+    The server owns the store file while it runs (DuckDB allows one writing process): query it
+    with `msewatch eval --server URL`. With no tokens configured it listens on loopback only.
+    SIGTERM or Ctrl-C: stops taking requests, commits what was accepted, exits.
+    """
+    from msewatch.config import load_config
+    from msewatch.server import serve
+    from msewatch.store import default_db_path
+
+    config = load_config(config_path)
+    serve(
+        db or default_db_path(),
+        config,
+        host=host or config.server.host,
+        port=port if port is not None else config.server.port,
+        insecure=insecure,
+        log_level=log_level,
+    )
+
+
 @cli.command("demo")
 @click.option("--db", default="msewatch-demo.duckdb", show_default=True, help="Store file to (re)create for the demo.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the scenario.")

@@ -81,6 +81,47 @@ class EvalSpec:
     def windowed(self) -> bool:
         return bool(self.window or self.rolling)
 
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        window: str | None = None,
+        rolling: str | None = None,
+        step: str | None = None,
+        by: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        model: str | None = None,
+        version: str | None = None,
+        huber_delta: float = 1.0,
+        prefix: str = "--",
+    ) -> EvalSpec:
+        """A spec from option text, as the CLI and the HTTP query string give it."""
+        from msewatch.units import parse_duration, parse_instant
+
+        def duration(text: str | None, name: str) -> int | None:
+            return parse_duration(text, option=prefix + name) if text else None
+
+        def instant(text: str | None, name: str) -> dt.datetime | None:
+            return parse_instant(text, option=prefix + name) if text else None
+
+        return cls(
+            window=duration(window, "window"),
+            rolling=duration(rolling, "rolling"),
+            step=duration(step, "step"),
+            by=tuple(c.strip() for c in (by or "").split(",") if c.strip()),
+            since=instant(since, "since"),
+            until=instant(until, "until"),
+            model=model or None,
+            version=version or None,
+            huber_delta=huber_delta,
+        )
+
+    def output_columns(self, rows: Sequence[dict[str, Any]]) -> list[str]:
+        """The columns of an evaluation's output, in order: window, groups, metrics."""
+        group = ["window_start", "window_end"] if self.windowed else []
+        return [*group, *self.by, *metric_columns(rows)]
+
 
 #: the id under which `latest_labels` gathers rejected label rows; no counted prediction has it
 #: (ids with a NUL character are rejected), so it joins nothing real

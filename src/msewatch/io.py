@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from msewatch.errors import InputError
 
-__all__ = ["BatchReader", "FORMATS", "ParseReject", "file_format", "scan"]
+__all__ = ["BatchReader", "FORMATS", "ParseReject", "file_format", "records_to_batch", "scan"]
 
 FORMATS = {
     ".parquet": "parquet",
@@ -204,10 +204,10 @@ class BatchReader:
                 records.append(obj)
                 rows.append(number)
                 if len(records) >= self.batch_rows:
-                    yield _records_to_batch(records, rows)
+                    yield records_to_batch(records, rows)
                     records, rows = [], []
             if records:
-                yield _records_to_batch(records, rows)
+                yield records_to_batch(records, rows)
 
 
 def scan(con: Any, path: str | os.PathLike[str]) -> tuple[ir.Table, list[ParseReject]]:
@@ -246,7 +246,7 @@ def _with_rows(batch: pa.RecordBatch, first: int | pa.Array) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays([batch.column(n) for n in names] + [rows], names=[*names, "_row"])
 
 
-def _records_to_batch(records: list[dict[str, Any]], rows: list[int]) -> pa.RecordBatch:
+def records_to_batch(records: list[dict[str, Any]], rows: list[int]) -> pa.RecordBatch:
     names: dict[str, None] = {}
     for rec in records:
         for key in rec:

@@ -12,6 +12,7 @@ the same transaction.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -24,13 +25,14 @@ import ibis
 import ibis.expr.types as ir
 import orjson
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from msewatch.errors import InputError, StoreError, StoreLockedError
 from msewatch.io import BatchReader, ParseReject
 from msewatch.schema import ColumnMap, Kind, check_required, normalize, required_columns
 from msewatch.store import _rollups as rollups
 
-__all__ = ["IngestResult", "Reject", "Store", "default_db_path"]
+__all__ = ["GroupIngest", "IngestResult", "Reject", "Store", "default_db_path"]
 
 _CORE_PREDICTION_COLUMNS = ("prediction_id", "ts", "model", "version", "y_pred")
 _OLDEST = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
@@ -90,6 +92,12 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejects: list[Reject] = field(default_factory=list)
+    duplicate_rows: list[int] | None = None  # filled when the caller asks to track rows
+
+    def add_duplicates(self, rows: Sequence[int]) -> None:
+        self.duplicates += len(rows)
+        if self.duplicate_rows is not None:
+            self.duplicate_rows.extend(rows)
 
     @property
     def rejected(self) -> int:
@@ -100,6 +108,20 @@ class IngestResult:
 
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class GroupIngest:
+    """Several requests committed in one transaction: a result per request, and the pairs.
+
+    `pairs` holds the predictions that gained their first label in this commit (model,
+    version, the asked segment columns, y_pred, y_true, label latency in seconds), for
+    counters that count at label arrival.
+    """
+
+    results: list[IngestResult]
+    pairs: pa.Table | None = None
+    inserted: pa.Table | None = None  # new predictions: model, version, segments, n
 
 
 class Store:
@@ -128,10 +150,31 @@ class Store:
             raise StoreError(
                 f"{self.path}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})."
             ) from exc
-        self.con.execute("SET TimeZone = 'UTC'")
         if not read_only:
             self.con.execute(_DDL + rollups.ROLLUP_DDL)
+        self._attach(self.con)
+
+    def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self.con.execute("SET TimeZone = 'UTC'")
         self.engine = ibis.duckdb.from_connection(self.con)
+        self._starts: Sequence[int] = ()
+        self._pair_columns: Sequence[str] | None = None
+        self._pairs: pa.Table | None = None
+        self._inserted: pa.Table | None = None
+        # compiled validation SQL by input shape: many small requests share a few shapes
+        self._normalize_sql: dict[tuple[Any, ...], str] = {}
+
+    def reader(self) -> Store:
+        """Another connection to the same open database, for reads beside the writer.
+
+        DuckDB lets one process hold many connections to a file; each read sees the last
+        committed state. Close it when done.
+        """
+        view = Store.__new__(Store)
+        view.path = self.path
+        view._attach(self.con.cursor())
+        return view
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -208,10 +251,71 @@ class Store:
         parse_rejects: Sequence[ParseReject] = (),
     ) -> IngestResult:
         """Validate, deduplicate and commit Arrow batches (each with `_row`) as one transaction."""
+        return self._ingest(
+            kind, batches, columns, source=source, default_model=default_model,
+            default_version=default_version, parse_rejects=parse_rejects,
+        )
+
+    def ingest_group(
+        self,
+        kind: Kind,
+        requests: Sequence[tuple[pa.RecordBatch, int]],
+        *,
+        source: str = "http",
+        pair_columns: Sequence[str] | None = None,
+    ) -> GroupIngest:
+        """Commit several requests in one transaction (group commit) and split the outcome.
+
+        Each request is a batch whose `_row` holds 0-based record indexes, with its record
+        count. A prediction id sent with different content by an earlier request of the same
+        group is reported to the later one as already stored, as it would be one commit later.
+        With `pair_columns`, also return the newly labeled pairs (see `GroupIngest`).
+        """
+        starts: list[int] = []
+        batches: list[pa.RecordBatch] = []
+        offset = 1
+        for batch, count in requests:
+            starts.append(offset)
+            rows = pa.compute.add(batch.column("_row").cast(pa.int64()), offset)
+            batches.append(batch.set_column(batch.schema.get_field_index("_row"), "_row", rows))
+            offset += count
+        total = IngestResult(duplicate_rows=[])
+        self._pair_columns = pair_columns
+        self._pairs = self._inserted = None
+        try:
+            self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts)
+        finally:
+            self._pair_columns = None
+        results = [IngestResult() for _ in requests]
+        which = lambda row: bisect.bisect_right(starts, row) - 1  # noqa: E731
+        for row in total.duplicate_rows or ():
+            results[which(row)].duplicates += 1
+        for reject in total.rejects:
+            i = which(reject.row)
+            results[i].rejects.append(Reject(reject.row - starts[i], reject.error, reject.record))
+        for i, (batch, _) in enumerate(requests):
+            r = results[i]
+            r.accepted = batch.num_rows - r.duplicates - r.rejected
+        return GroupIngest(results, self._pairs, self._inserted)
+
+    def _ingest(
+        self,
+        kind: Kind,
+        batches: Iterable[pa.RecordBatch],
+        columns: ColumnMap,
+        *,
+        source: str,
+        default_model: str | None = None,
+        default_version: str | None = None,
+        parse_rejects: Sequence[ParseReject] = (),
+        result: IngestResult | None = None,
+        starts: Sequence[int] = (),
+    ) -> IngestResult:
         if kind not in ("predictions", "labels"):
             raise ValueError(f"kind must be 'predictions' or 'labels'; got {kind!r}")
         started = _now()
-        result = IngestResult()
+        result = result if result is not None else IngestResult()
+        self._starts = starts
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
@@ -264,11 +368,15 @@ class Store:
         ).fetchall()
         for row, pid, first_row, same in rows:
             if same:
-                result.duplicates += 1
-            else:
+                result.add_duplicates([row])
+            elif self._same_request(row, first_row):
                 result.rejects.append(
                     Reject(row, f"prediction_id {pid!r} appears earlier in this input (row {first_row}) "
                            "with different content", {})
+                )
+            else:
+                result.rejects.append(
+                    Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
                 )
         # against the store
         rows = con.execute(
@@ -278,7 +386,7 @@ class Store:
         ).fetchall()
         for row, pid, same in rows:
             if same:
-                result.duplicates += 1
+                result.add_duplicates([row])
             else:
                 result.rejects.append(
                     Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
@@ -294,6 +402,15 @@ class Store:
             [stage.source, _now()],
         ).fetchall()
         result.accepted += int(inserted[0][0]) if inserted else 0
+        if self._pair_columns is not None:
+            self._pairs = self._new_pairs(
+                "_insert i JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current", "i"
+            )
+            keys = ", ".join(
+                _q(c) if c in stage.extras or c in ("model", "version") else f"NULL::VARCHAR AS {_q(c)}"
+                for c in ["model", "version", *self._segments()]
+            )
+            self._inserted = con.sql(f"SELECT {keys}, count(*) AS n FROM _insert GROUP BY ALL").to_arrow_table()
         rollups.refresh(con, rollups.touched_by_predictions("_insert"))
         con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
 
@@ -309,8 +426,12 @@ class Store:
                         AND l.y_true = s.y_true AND l.label_ts IS NOT DISTINCT FROM s.label_ts) AS _stored
             FROM _stage s WHERE _ok"""
         )
-        dup = con.execute("SELECT count(*) FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
-        result.duplicates += int(dup[0][0]) if dup else 0
+        if result.duplicate_rows is None:
+            dup = con.execute("SELECT count(*) FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
+            result.duplicates += int(dup[0][0]) if dup else 0
+        else:
+            dup_rows = con.execute("SELECT _row FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
+            result.add_duplicates([r for (r,) in dup_rows])
         # revisions number the arrivals; which one counts is decided below
         con.execute(
             """CREATE OR REPLACE TEMP TABLE _new AS
@@ -340,8 +461,31 @@ class Store:
             """UPDATE labels SET is_current = (labels.revision = b.revision)
             FROM _best b WHERE labels.prediction_id = b.prediction_id"""
         )
+        if self._pair_columns is not None:  # revision 1: the id had no label before this commit
+            self._pairs = self._new_pairs(
+                """(SELECT DISTINCT prediction_id FROM _new WHERE revision = 1) n
+                JOIN predictions i ON i.prediction_id = n.prediction_id
+                JOIN labels l ON l.prediction_id = n.prediction_id AND l.is_current""",
+                "i",
+            )
         rollups.refresh(con, rollups.touched_by_labels("_new"))
         con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best")
+
+    def _same_request(self, row: int, other: int) -> bool:
+        starts = self._starts
+        return not starts or bisect.bisect_right(starts, row) == bisect.bisect_right(starts, other)
+
+    def _segments(self) -> list[str]:
+        """The asked pair columns that the predictions table has."""
+        stored = {c for (c,) in self.con.execute("SELECT column_name FROM (DESCRIBE predictions)").fetchall()}
+        return [c for c in self._pair_columns or () if c in stored]
+
+    def _new_pairs(self, joined: str, p: str) -> pa.Table:
+        cols = ", ".join(f"{p}.{_q(c)}" for c in ["model", "version", *self._segments(), "y_pred"])
+        return self.con.sql(
+            f"""SELECT {cols}, l.y_true, epoch(l.label_ts) - epoch({p}.ts) AS label_latency_s
+            FROM {joined}"""
+        ).to_arrow_table()
 
 
 class _Stage:
@@ -374,18 +518,7 @@ class _Stage:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
         if self.kind == "predictions":
             self._register_extras(batch)
-        raw = ibis.table(ibis.Schema.from_pyarrow(batch.schema), name="_batch")
-        expr = normalize(
-            raw,
-            self.kind,
-            self.columns,
-            source=self.source,
-            default_model=self.default_model,
-            default_version=self.default_version,
-            feature_columns=frozenset(n for n, k in self.extras.items() if k == "feature"),
-            segment_columns=frozenset(n for n, k in self.extras.items() if k == "segment"),
-        )
-        sql = ibis.to_sql(expr, dialect="duckdb")
+        sql = self._sql(batch.schema)
         con = self.store.con
         con.register("_batch", batch)
         try:
@@ -412,6 +545,29 @@ class _Stage:
                 record.pop("_row", None)
                 result.rejects.append(Reject(row, error, record))
         self.rows += batch.num_rows - len(bad)
+
+    def _sql(self, schema: pa.Schema) -> str:
+        key = (self.kind, self.columns, self.source, self.default_model, self.default_version,
+               tuple(sorted(self.extras.items())), schema)
+        cache = self.store._normalize_sql
+        sql = cache.get(key)
+        if sql is None:
+            raw = ibis.table(ibis.Schema.from_pyarrow(schema), name="_batch")
+            expr = normalize(
+                raw,
+                self.kind,
+                self.columns,
+                source=self.source,
+                default_model=self.default_model,
+                default_version=self.default_version,
+                feature_columns=frozenset(n for n, k in self.extras.items() if k == "feature"),
+                segment_columns=frozenset(n for n, k in self.extras.items() if k == "segment"),
+            )
+            sql = ibis.to_sql(expr, dialect="duckdb")
+            if len(cache) >= 256:
+                cache.clear()
+            cache[key] = sql
+        return sql
 
     def _register_extras(self, batch: pa.RecordBatch) -> None:
         contract = set(self.columns.source_names().values())

@@ -1,0 +1,286 @@
+"""The ASGI application of `msewatch serve` (Starlette), over one store.
+
+Ingest handlers parse and check the body, queue its records for the commit thread, and answer
+once those are on disk. Reads (`/v1/metrics`) run in worker threads on their own DuckDB
+connection, so they never wait for a commit. The routes and their answers are described in
+`openapi.py`, served at `/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.process_collector import ProcessCollector
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from msewatch.config import Config
+from msewatch.errors import InputError, MsewatchError
+from msewatch.schema import Kind
+from msewatch.server.bodies import BodyError, parse_body
+from msewatch.server.committer import Committer, Overloaded, ShuttingDown
+from msewatch.server.exposition import QualityCollector
+from msewatch.server.openapi import openapi_document
+from msewatch.store import Store
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("msewatch.server")
+
+RETRY_AFTER_SECONDS = 1
+_ROUTES = ("/v1/predictions", "/v1/labels", "/v1/metrics", "/metrics", "/healthz", "/readyz", "/openapi.json")
+
+
+def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"error": message}, status, headers)
+
+
+class _State:
+    def __init__(self, db: str, config: Config) -> None:
+        self.db = db
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.collector = QualityCollector(config)
+        self.registry.register(self.collector)
+        ProcessCollector(namespace="msewatch", registry=self.registry)
+        self.request_seconds = Histogram(
+            "msewatch_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        queue = Gauge("msewatch_ingest_queue_rows", "Rows waiting for the commit thread.", registry=self.registry)
+        queue.set_function(lambda: float(self.committer._pending_rows) if self.committer else 0.0)
+        self.store: Store | None = None
+        self.reads: Store | None = None  # a connection kept for handing out read cursors
+        self.committer: Committer | None = None
+
+    def open(self) -> None:
+        self.store = Store(self.db)
+        self.reads = self.store.reader()
+        self.committer = Committer(self.store, self.config, self.collector)
+
+    def close(self) -> None:
+        if self.reads is not None:
+            self.reads.close()
+        if self.committer is not None:
+            self.committer.close()
+
+
+def create_app(db: str, config: Config) -> Starlette:
+    """The server's ASGI app over the store at `db` (opened at startup, closed at shutdown)."""
+    state = _State(db, config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(state.open)
+        log.info("msewatch serving %s", db)
+        try:
+            yield
+        finally:
+            log.info("draining the ingest queue")
+            await run_in_threadpool(state.close)
+
+    def authorize(request: Request, scope: str) -> Response | None:
+        tokens = config.tokens
+        if not tokens:
+            return None
+        header = request.headers.get("authorization", "")
+        kind, _, given = header.partition(" ")
+        if kind.lower() != "bearer" or not given:
+            return _error(401, "missing bearer token (Authorization: Bearer TOKEN)", {"WWW-Authenticate": "Bearer"})
+        match = None
+        for token in tokens:  # every token is compared, so timing tells nothing of which matched
+            if hmac.compare_digest(token.secret.encode(), given.strip().encode()):
+                match = token
+        if match is None:
+            return _error(401, "invalid token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        if not match.allows(scope):
+            return _error(403, f"this token lacks the {scope!r} scope")
+        return None
+
+    async def read_body(request: Request) -> bytes | Response:
+        limit = config.server.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return _error(400, "Content-Length is not a number")
+            if int(length) > limit:
+                return _error(413, f"body of {int(length)} bytes is larger than the limit of {limit} bytes; split it")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                return _error(413, f"body is larger than the limit of {limit} bytes; split it")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def ingest(kind: Kind) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
+            denied = authorize(request, "ingest")
+            if denied:
+                return denied
+            committer = state.committer
+            if committer is None or not committer.alive:
+                return _error(503, "not ready", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+            try:
+                body = await read_body(request)
+            except ClientDisconnect:
+                return _error(400, "client disconnected before the body was read")
+            if isinstance(body, Response):
+                return body
+            content_type = request.headers.get("content-type", "application/json")
+            try:
+                parsed = parse_body(body, content_type, kind, config.server.max_rows_per_request)
+            except BodyError as exc:
+                status = 413 if "records in one request" in str(exc) else 400
+                return _error(status, str(exc))
+            rejected = [{"index": i, "error": e} for i, e in parsed.rejects]
+            if parsed.rejects:
+                state.collector.observe_ingest(kind, 0, 0, [e for _, e in parsed.rejects])
+            ignored = set(parsed.ignored_fields)
+            accepted = duplicates = 0
+            if parsed.batch is not None:
+                batch = parsed.batch
+                drop = committer.fields_to_drop(kind, [n for n in batch.schema.names if n != "_row"])
+                if drop:
+                    ignored.update(drop)
+                    batch = batch.drop_columns(drop)
+                try:
+                    future = committer.submit(kind, batch, parsed.count)
+                except Overloaded:
+                    return _error(429, "ingest queue is full; retry later", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                except ShuttingDown:
+                    return _error(503, "shutting down", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                try:
+                    result = await asyncio.wrap_future(future)
+                except MsewatchError as exc:
+                    return _error(400, str(exc))
+                except Exception as exc:  # noqa: BLE001
+                    log.error("commit failed: %s", exc)
+                    return _error(503, "the store could not commit this request; nothing of it was stored", {"Retry-After": str(RETRY_AFTER_SECONDS)})
+                accepted, duplicates = result.accepted, result.duplicates
+                rejected += [{"index": r.row, "error": r.error} for r in result.rejects]
+                rejected.sort(key=lambda r: r["index"])
+            answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates, "rejected": rejected}
+            if ignored:
+                answer["ignored_fields"] = sorted(ignored)
+            return _json(answer)
+
+        return handler
+
+    async def metrics_v1(request: Request) -> Response:
+        denied = authorize(request, "read")
+        if denied:
+            return denied
+        if state.reads is None:
+            return _error(503, "not ready")
+        q = request.query_params
+        unknown = set(q) - {"model", "version", "window", "rolling", "step", "by", "since", "until", "huber_delta"}
+        if unknown:
+            return _error(400, f"unknown query parameter {sorted(unknown)[0]!r}")
+        try:
+            return await run_in_threadpool(_evaluate, state.reads, q)
+        except InputError as exc:
+            return _error(400, str(exc))
+
+    async def prometheus(request: Request) -> Response:
+        denied = authorize(request, "read")
+        if denied:
+            return denied
+        return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        return _json({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if state.committer is not None and state.committer.alive:
+            return _json({"status": "ready"})
+        return _error(503, "not ready")
+
+    async def openapi(request: Request) -> Response:
+        return _json(openapi_document())
+
+    routes = [
+        Route("/v1/predictions", ingest("predictions"), methods=["POST"]),
+        Route("/v1/labels", ingest("labels"), methods=["POST"]),
+        Route("/v1/metrics", metrics_v1, methods=["GET"]),
+        Route("/metrics", prometheus, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.msewatch = state
+    return _Timed(app, state)
+
+
+class _Timed:
+    """ASGI wrapper: request latency by route into the Prometheus registry."""
+
+    def __init__(self, app: Starlette, state: _State) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope.get("path", "")
+            route = path if path in _ROUTES else "other"
+            self.state.request_seconds.labels(route, scope.get("method", ""), str(status["code"])).observe(
+                time.perf_counter() - started
+            )
+
+
+def _evaluate(store: Store, q: Any) -> Response:
+    from msewatch.evaluate import EvalSpec, evaluate
+    from msewatch.output import render
+    from msewatch.sources import from_store
+
+    try:
+        delta = float(q.get("huber_delta", "1.0"))
+    except ValueError:
+        raise InputError(f"huber_delta must be a number; got {q.get('huber_delta')!r}.") from None
+    spec = EvalSpec.from_options(
+        window=q.get("window"), rolling=q.get("rolling"), step=q.get("step"), by=q.get("by"),
+        since=q.get("since"), until=q.get("until"), model=q.get("model"), version=q.get("version"),
+        huber_delta=delta, prefix="",
+    )
+    reader = store.reader()
+    try:
+        source = from_store(reader)
+        result = evaluate(source.engine, source.predictions, source.labels, spec)
+    finally:
+        reader.close()
+    text = render(result.rows, spec.output_columns(result.rows), "json")
+    return Response(text, media_type="application/json")

@@ -1,0 +1,126 @@
+"""Request bodies to Arrow: a JSON object, a JSON array of objects, or NDJSON.
+
+A body that cannot be read as a whole (not JSON, too deep, the wrong shape) is a `BodyError`
+(HTTP 400). Inside a body that can be read, each record stands alone: a record that is not an
+object, holds a nested value or an oversized string is rejected with its index, and the rest go
+on to validation by `schema.normalize` in the store. Index = position in the array, or the
+0-based line number in NDJSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from msewatch.io import records_to_batch
+from msewatch.schema import ColumnMap, Kind, required_columns
+
+__all__ = ["BodyError", "ParsedBody", "parse_body", "MAX_FIELD_CHARS", "MAX_FIELDS"]
+
+MAX_FIELD_CHARS = 1024  # any longer string is rejected before it reaches the engine
+MAX_FIELDS = 64  # per record
+MAX_NAME_CHARS = 128
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class BodyError(ValueError):
+    """The body as a whole is unusable (HTTP 400)."""
+
+
+@dataclass
+class ParsedBody:
+    batch: pa.RecordBatch | None  # accepted records, `_row` = their index
+    count: int  # records in the body, including rejected ones
+    rejects: list[tuple[int, str]] = field(default_factory=list)
+    ignored_fields: set[str] = field(default_factory=set)
+
+
+def is_ndjson(content_type: str) -> bool:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind in ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-seq")
+
+
+def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> ParsedBody:
+    """Records of one request; BodyError when the body cannot be used at all."""
+    items: list[tuple[int, Any]] = []
+    rejects: list[tuple[int, str]] = []
+    if is_ndjson(content_type):
+        lines = body.split(b"\n")
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            if len(items) + len(rejects) >= max_rows:
+                raise BodyError(f"more than {max_rows} records in one request; split it.")
+            try:
+                items.append((index, orjson.loads(line)))
+            except orjson.JSONDecodeError as exc:
+                rejects.append((index, f"not valid JSON ({_reason(exc)})"))
+        count = len(lines)
+    else:
+        if not body.strip():
+            raise BodyError("empty body; send a JSON object, a JSON array of objects, or NDJSON.")
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BodyError(
+                f"not valid JSON ({_reason(exc)}); NaN and Infinity are not JSON, send null or leave the row out."
+            ) from exc
+        if isinstance(doc, dict):
+            doc = [doc]
+        if not isinstance(doc, list):
+            raise BodyError(f"expected a JSON object or an array of objects, found {_json_type(doc)}.")
+        if len(doc) > max_rows:
+            raise BodyError(f"{len(doc)} records in one request, more than {max_rows}; split it.")
+        items = list(enumerate(doc))
+        count = len(doc)
+    records: list[dict[str, Any]] = []
+    indexes: list[int] = []
+    ignored: set[str] = set()
+    for index, item in items:
+        error = _record_error(item)
+        if error:
+            rejects.append((index, error))
+            continue
+        for key in [k for k in item if k.startswith("_")]:
+            ignored.add(key)
+            del item[key]
+        records.append(item)
+        indexes.append(index)
+    rejects.sort()
+    if not records:
+        return ParsedBody(None, count, rejects, ignored)
+    batch = records_to_batch(records, indexes)
+    # a required field no record has: a null column, so each row gets its own reason
+    names = ColumnMap().source_names()
+    for contract in required_columns(kind):
+        if names[contract] not in batch.schema.names:
+            batch = batch.append_column(names[contract], pa.nulls(batch.num_rows, pa.string()))
+    return ParsedBody(batch, count, rejects, ignored)
+
+
+def _record_error(item: Any) -> str | None:
+    if not isinstance(item, dict):
+        return f"expected a JSON object, found {_json_type(item)}"
+    if len(item) > MAX_FIELDS:
+        return f"more than {MAX_FIELDS} fields"
+    for key, value in item.items():
+        if len(key) > MAX_NAME_CHARS or not key.isprintable():
+            return f"field name {key[:40]!r}… is longer than {MAX_NAME_CHARS} characters or not printable"
+        if not isinstance(value, _SCALARS):
+            return f"field {key!r} must be a string, number, boolean or null, not {_json_type(value)}"
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            return f"field {key!r} is longer than {MAX_FIELD_CHARS} characters"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]

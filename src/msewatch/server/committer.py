@@ -1,0 +1,182 @@
+"""Group commit: one thread owns the store's writes; concurrent requests share transactions.
+
+A request's records wait in a bounded queue (counted in rows). The commit thread takes every
+waiting request of one kind, up to `max_group_rows`, commits them in one DuckDB transaction
+and answers each with its own outcome; so under load a commit carries many requests and the
+per-commit cost (WAL flush, rollup refresh) is shared. A request is answered only after its
+transaction committed. When the queue is full, `submit` raises `Overloaded` (HTTP 429).
+
+If a group fails as a whole, each of its requests is retried alone, so one request that trips
+the engine cannot fail the others. `close()` stops taking requests, commits what is queued,
+then closes the store (SIGTERM drains this way).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from msewatch.config import Config
+from msewatch.errors import MsewatchError
+from msewatch.schema import ColumnMap, Kind
+from msewatch.server.exposition import QualityCollector
+from msewatch.store import IngestResult, Store
+
+__all__ = ["Committer", "Overloaded", "ShuttingDown"]
+
+log = logging.getLogger("msewatch.server")
+
+_CONTRACT = {n.casefold() for n in ColumnMap().source_names().values()} | {"source", "ingested_at"}
+_LABEL_FIELDS = {"prediction_id", "y_true", "label_ts"}
+
+
+class Overloaded(Exception):
+    """The ingest queue is full; retry later."""
+
+
+class ShuttingDown(Exception):
+    """The server is draining and takes no new requests."""
+
+
+@dataclass
+class _Pending:
+    kind: Kind
+    batch: pa.RecordBatch
+    count: int
+    future: Future[IngestResult] = field(default_factory=Future)
+
+
+class Committer:
+    def __init__(self, store: Store, config: Config, collector: QualityCollector) -> None:
+        self.store = store
+        self.config = config
+        self.collector = collector
+        self.max_pending = config.server.max_pending_rows
+        self.max_group = config.server.max_group_rows
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._pending_rows = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._known = dict(store.extra_columns())
+        self.commits = 0
+        self._thread = threading.Thread(target=self._run, name="msewatch-commit", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closing
+
+    def submit(self, kind: Kind, batch: pa.RecordBatch, count: int) -> Future[IngestResult]:
+        """Queue a request's records; the future resolves once they are committed."""
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown()
+            if self._pending_rows and self._pending_rows + batch.num_rows > self.max_pending:
+                raise Overloaded()
+            item = _Pending(kind, batch, count)
+            self._queue.append(item)
+            self._pending_rows += batch.num_rows
+            self._cond.notify()
+        return item.future
+
+    def fields_to_drop(self, kind: Kind, names: list[str]) -> list[str]:
+        """Fields HTTP may not store: unknown label fields, clashing names, columns past the cap."""
+        if kind == "labels":
+            return [n for n in names if n not in _LABEL_FIELDS]
+        drop = []
+        with self._cond:
+            known = self._known
+            new = 0
+            for name in names:
+                folded = name.casefold()
+                if name in ColumnMap().source_names().values() or name in known:
+                    continue
+                if folded in _CONTRACT or any(k.casefold() == folded for k in known):
+                    drop.append(name)
+                elif len(known) + new >= self.config.server.max_extra_columns:
+                    drop.append(name)
+                else:
+                    new += 1
+        return drop
+
+    def close(self, timeout: float = 60.0) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self.store.close()
+
+    # -- the commit thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue and self._closing:
+                    return
+                group = self._take()
+            self._commit(group)
+            with self._cond:
+                self._pending_rows -= sum(p.batch.num_rows for p in group)
+
+    def _take(self) -> list[_Pending]:
+        kind = self._queue[0].kind
+        group: list[_Pending] = []
+        rows = 0
+        kept: collections.deque[_Pending] = collections.deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.kind == kind and (not group or rows + item.batch.num_rows <= self.max_group):
+                group.append(item)
+                rows += item.batch.num_rows
+            else:
+                kept.append(item)
+        self._queue.extendleft(reversed(kept))
+        return group
+
+    def _commit(self, group: list[_Pending]) -> None:
+        try:
+            self._commit_group(group)
+        except Exception as exc:  # noqa: BLE001  (each request then gets its own answer)
+            if len(group) == 1:
+                log.exception("commit failed")
+                _fail(group[0], exc)
+                return
+            log.warning("a group commit of %d requests failed (%s); committing them one by one", len(group), exc)
+            for item in group:
+                try:
+                    self._commit_group([item])
+                except Exception as one:  # noqa: BLE001
+                    log.exception("commit failed")
+                    _fail(item, one)
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        kind = group[0].kind
+        outcome = self.store.ingest_group(
+            kind, [(p.batch, p.count) for p in group], pair_columns=self.config.metrics.segments
+        )
+        self.commits += 1
+        if kind == "predictions":
+            self._known = dict(self.store.extra_columns())
+        try:
+            if outcome.pairs is not None:
+                self.collector.observe_pairs(outcome.pairs)
+            if outcome.inserted is not None:
+                self.collector.observe_predictions(outcome.inserted)
+            for result in outcome.results:
+                self.collector.observe_ingest(kind, result.accepted, result.duplicates, [r.error for r in result.rejects])
+        except Exception:  # noqa: BLE001  (the rows are committed: answer, and log the exposition bug)
+            log.exception("updating /metrics failed")
+        for item, result in zip(group, outcome.results):
+            if not item.future.done():
+                item.future.set_result(result)
+
+
+def _fail(item: _Pending, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc if isinstance(exc, MsewatchError) else RuntimeError(str(exc)))

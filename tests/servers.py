@@ -1,0 +1,132 @@
+"""A real `msewatch serve` process for tests: started on a free port, waited for, stopped.
+
+Tests talk to it over real sockets with httpx or the SDK; `kill()` sends SIGKILL, `stop()`
+SIGTERM, and `restart()` starts it again on the same store and port.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from conftest import _clean_env, msewatch_command
+
+START_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    def __init__(
+        self,
+        db: Path,
+        *,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        log: Path | None = None,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.db = Path(db)
+        self.config = config
+        self.env = env or {}
+        self.port = port or free_port()
+        self.log = log or self.db.with_suffix(".server.log")
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        args = [*msewatch_command(), "serve", "--db", str(self.db), "--port", str(self.port), "--log-level", "warning"]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
+        args += self.extra_args
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=_clean_env(self.env))
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+        self._close_log()
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._close_log()
+        return code
+
+    def restart(self) -> ServerProcess:
+        self.kill()
+        return self.start()
+
+    def _close_log(self) -> None:
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._close_log()
+
+
+def require_binary(name: str, reason: str) -> str:
+    """The path of a system binary; skip locally when absent, fail under CI (it must be there)."""
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed, and CI must run this test ({reason})")
+        pytest.skip(f"{name} is not installed ({reason})")
+    return path
