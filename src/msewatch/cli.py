@@ -66,6 +66,8 @@ def cli() -> None:
 @click.option("--predictions", "predictions_path", help="Predictions file (with --labels).")
 @click.option("--labels", "labels_path", help="Labels file (with --predictions); the latest label_ts per id counts.")
 @click.option("--db", help="Evaluate the store in this DuckDB file.")
+@click.option("--server", metavar="URL", help="Ask a running `msewatch serve` (which owns its store file).")
+@click.option("--token", metavar="TOKEN", help="Bearer token for --server with the read scope [default: $MSEWATCH_TOKEN].")
 @click.option("--model", help="Only this model.")
 @click.option("--version", "model_version", help="Only this model version.")
 @click.option("--window", metavar="DURATION", help="Tumbling windows by prediction time, aligned to the UTC epoch: 15m, 1h, 1d…")
@@ -85,15 +87,21 @@ def eval_command(**kw: Any) -> None:
       msewatch eval --data holdout.parquet
       msewatch eval --predictions preds.parquet --labels labels.csv --window 1h --by region,version
       msewatch eval --db msewatch.duckdb --model pricing --rolling 24h --step 1h
+      msewatch eval --server http://127.0.0.1:8080 --window 1h --by version
     Rows that fail validation are left out and counted on stderr; `msewatch ingest` lists them.
     """
     from msewatch.evaluate import EvalSpec, evaluate
     from msewatch.output import render
 
     columns = _columns(kw)
-    modes = [m for m in ("data", "predictions_path", "db") if kw[m]]
+    modes = [m for m in ("data", "predictions_path", "db", "server") if kw[m]]
     if len(modes) != 1:
-        _fail("give exactly one source: --data FILE, --predictions FILE --labels FILE, or --db FILE.")
+        _fail(
+            "give exactly one source: --data FILE, --predictions FILE --labels FILE, --db FILE "
+            "or --server URL."
+        )
+    if kw["token"] and not kw["server"]:
+        _fail("--token goes with --server.")
     if bool(kw["predictions_path"]) != bool(kw["labels_path"]):
         _fail("--predictions and --labels go together.")
     if kw["data"] and kw["labels_path"]:
@@ -103,6 +111,17 @@ def eval_command(**kw: Any) -> None:
         since=kw["since"], until=kw["until"], model=kw["model"], version=kw["model_version"],
         huber_delta=kw["huber_delta"],
     )
+    if kw["server"]:
+        from msewatch.remote import get_json
+
+        params = {
+            "model": kw["model"], "version": kw["model_version"], "window": kw["window"],
+            "rolling": kw["rolling"], "step": kw["step"], "by": kw["by"], "since": kw["since"],
+            "until": kw["until"], "huber_delta": repr(kw["huber_delta"]),
+        }
+        rows = get_json(kw["server"], "/v1/metrics", params, token=kw["token"])["rows"]
+        click.echo(render(rows, spec.output_columns(rows), kw["fmt"]))
+        return
     store = None
     if kw["db"]:
         from msewatch.sources import from_store
