@@ -255,7 +255,7 @@ class _progress:
             self._progress.stop()
 
 
-# -- demo ----------------------------------------------------------------------------------------
+# -- serve ---------------------------------------------------------------------------------------
 @cli.command("serve")
 @click.option("--db", default=None, metavar="FILE", help="The store [default: $MSEWATCH_DB or msewatch.duckdb].")
 @click.option("--config", "config_path", default=None, metavar="FILE", help="msewatch.toml: tokens, limits, Prometheus labels and buckets.")
@@ -290,18 +290,39 @@ def serve_command(db: str | None, config_path: str | None, host: str | None, por
     )
 
 
+# -- demo ----------------------------------------------------------------------------------------
 @cli.command("demo")
 @click.option("--db", default="msewatch-demo.duckdb", show_default=True, help="Store file to (re)create for the demo.")
 @click.option("--seed", type=int, default=7, show_default=True, help="Random seed of the scenario.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def demo_command(db: str, seed: int, fmt: str) -> None:
+@click.option("--serve", is_flag=True, help="Replay the scenario through the SDK into a running `msewatch serve`.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Port of the demo server (with --serve).")
+@click.option("--replay-seconds", type=float, default=60.0, show_default=True, help="How long the three weeks take to replay (with --serve).")
+@click.option("--exit", "exit_after", is_flag=True, help="Stop the server after the replay instead of serving on (with --serve).")
+def demo_command(db: str, seed: int, fmt: str, serve: bool, port: int, replay_seconds: float, exit_after: bool) -> None:
     """Run a realistic monitoring scenario end to end and show what on-call would need.
 
     A pricing model serves four regions for three weeks; labels arrive hours to days late and
     some never; a data drift degrades one region; version v2, rolled out in week three, is
     worse. The scenario is written as files, ingested into DB through `msewatch ingest`'s code
     path, and evaluated by `msewatch eval`'s.
+
+    With --serve, a `msewatch serve` process owns DB and the scenario's events are replayed in
+    time order through the Python SDK (msewatch.Client), so /metrics and /v1/metrics move as
+    you watch; it keeps serving until Ctrl-C unless --exit is given.
     """
+    if serve:
+        from msewatch.demo import serve_demo
+
+        if replay_seconds <= 0:
+            _fail("--replay-seconds must be positive.")
+        say = (lambda text: click.echo(text, err=True)) if fmt == "json" else click.echo
+        report = serve_demo(db, port=port, seed=seed, replay_seconds=replay_seconds, keep_serving=not exit_after, echo=say)
+        if fmt == "json":
+            import orjson
+
+            click.echo(orjson.dumps(report, default=str).decode())
+        return
     from msewatch.demo import run_demo
 
     run_demo(db, seed=seed, fmt=fmt, echo=click.echo)

@@ -284,3 +284,161 @@ def _print_report(report: dict[str, Any], scenario: Scenario, echo: Callable[[st
 
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
+
+
+# -- the demo through a running server --------------------------------------------------------------
+DEMO_CONFIG = """\
+# written by `msewatch demo --serve`
+[metrics]
+segments = ["region"]
+max_segment_values = 20
+
+[models.pricing]
+squared_error_buckets = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64]
+thresholds = [9.0]
+"""
+
+
+def _timeline(files: dict[str, Path]) -> tuple[np.ndarray, list[tuple[str, dict[str, Any]]]]:
+    """Every event of the scenario (predictions at `ts`, labels at `label_ts`), by time."""
+    import pyarrow.compute as pc
+
+    preds = pq.read_table(files["predictions"])
+    pred_t = pc.divide(preds["ts"].cast(pa.int64()), 1e6).to_numpy()
+    preds = preds.set_column(
+        preds.column_names.index("ts"), "ts", pc.strftime(preds["ts"], "%Y-%m-%dT%H:%M:%SZ")
+    )
+    events: list[tuple[str, dict[str, Any]]] = [("predictions", r) for r in preds.to_pylist()]
+    times = [pred_t]
+    labels = [orjson.loads(line) for line in files["labels"].read_bytes().splitlines()]
+    labels += pacsv.read_csv(
+        files["corrections"], convert_options=pacsv.ConvertOptions(column_types={"label_ts": pa.string()})
+    ).to_pylist()
+    events += [("labels", r) for r in labels]
+    times.append(
+        np.array([dt.datetime.fromisoformat(r["label_ts"].replace("Z", "+00:00")).timestamp() for r in labels])
+    )
+    t = np.concatenate(times)
+    order = np.argsort(t, kind="stable")
+    return t[order], [events[i] for i in order]
+
+
+def serve_demo(
+    db: str,
+    *,
+    port: int = 8080,
+    seed: int = 7,
+    replay_seconds: float = 60.0,
+    keep_serving: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Replay the scenario through the SDK into a running `msewatch serve`, in time order.
+
+    Three weeks of traffic are compressed into `replay_seconds`, so `/metrics` and
+    `/v1/metrics` move while it runs. The server keeps serving afterwards until Ctrl-C unless
+    `keep_serving` is false. The server is a child process that owns the store.
+    """
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    from msewatch.client import Client
+
+    db_path = Path(db)
+    for stale in (db_path, Path(f"{db}.wal")):
+        if stale.exists():
+            stale.unlink()
+    files = write_scenario(db_path.with_name(db_path.stem + "-files"), Scenario(), seed)
+    config = db_path.with_name(db_path.stem + "-serve.toml")
+    config.write_text(DEMO_CONFIG)
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "msewatch", "serve", "--db", str(db_path), "--port", str(port),
+         "--config", str(config), "--log-level", "warning"]
+    )
+    try:
+        _wait_ready(server, url)
+        echo(f"msewatch serve is running at {url} on {db_path} (pid {server.pid}).")
+        echo(f"  watch: curl -s {url}/metrics | grep msewatch_squared_error_count")
+        echo(f"         msewatch eval --server {url} --window 1d --by version")
+        times, events = _timeline(files)
+        rejected: list[str] = []
+        start_wall = time.monotonic()
+        span = times[-1] - times[0]
+        sent = 0
+        with Client(url, batch_size=2000, flush_interval=0.25, max_queue=len(events) + 2000, spool_dir=db_path.with_name(db_path.stem + "-spool"),
+                    on_reject=lambda kind, rec, err: rejected.append(err)) as client, Progress(
+            TextColumn("replaying"), BarColumn(), TextColumn("{task.description}"), transient=True
+        ) as progress:
+            task = progress.add_task("", total=len(events))
+            while sent < len(events):
+                elapsed = time.monotonic() - start_wall
+                until = times[0] + span * min(1.0, elapsed / replay_seconds)
+                end = int(np.searchsorted(times, until, side="right"))
+                if end == sent and elapsed < replay_seconds:
+                    time.sleep(0.05)
+                    continue
+                end = max(end, sent + 1)
+                batch = events[sent:end]
+                for kind in ("predictions", "labels"):
+                    records = [r for k, r in batch if k == kind]
+                    if records:
+                        (client.log_predictions if kind == "predictions" else client.log_labels)(records)
+                sent = end
+                day = dt.datetime.fromtimestamp(float(times[sent - 1]), tz=dt.timezone.utc)
+                progress.update(task, completed=sent, description=f"{day:%Y-%m-%d %H:%M} UTC, {sent:,} events")
+            client.flush()
+            stats = client.stats
+        echo(
+            f"replayed {len(events):,} events in {time.monotonic() - start_wall:.1f} s: "
+            f"{stats.accepted:,} accepted, {stats.duplicates:,} duplicates, {stats.rejected:,} rejected"
+        )
+        rows = httpx.get(
+            f"{url}/v1/metrics", params={"by": "version", "since": "2026-10-16"}, timeout=120
+        ).json()["rows"]
+        for row in rows:
+            echo(f"  since 2026-10-16, version {row['version']}: RMSE {row['rmse']:.3f} over {row['n_labeled']:,} labels")
+        exposition = httpx.get(f"{url}/metrics", timeout=30).text
+        counted = sum(
+            float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+            if line.startswith("msewatch_squared_error_count{")
+        )
+        echo(f"  Prometheus: msewatch_squared_error_count sums to {counted:,.0f} labeled predictions")
+        if keep_serving:
+            echo(f"Still serving at {url}; Ctrl-C to stop.")
+            server.wait()
+        return {"url": url, "events": len(events), "stats": stats.__dict__ if hasattr(stats, "__dict__") else str(stats),
+                "by_version": rows, "prometheus_count": counted, "rejected": rejected}
+    except KeyboardInterrupt:
+        return {"url": url, "interrupted": True}
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
+def _wait_ready(server: Any, url: str, timeout: float = 60.0) -> None:
+    import time
+
+    import httpx
+
+    from msewatch.errors import MsewatchError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise MsewatchError(f"the demo server exited with status {server.returncode} (is port {url} in use?)")
+        try:
+            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise MsewatchError(f"the demo server at {url} was not ready after {timeout:.0f} s")
