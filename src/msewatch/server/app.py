@@ -154,8 +154,6 @@ def create_app(db: str, config: Config) -> Starlette:
                 status = 413 if "records in one request" in str(exc) else 400
                 return _error(status, str(exc))
             rejected = [{"index": i, "error": e} for i, e in parsed.rejects]
-            if parsed.rejects:
-                state.collector.observe_ingest(kind, 0, 0, [e for _, e in parsed.rejects])
             ignored = set(parsed.ignored_fields)
             accepted = duplicates = 0
             if parsed.batch is not None:
@@ -180,6 +178,8 @@ def create_app(db: str, config: Config) -> Starlette:
                 accepted, duplicates = result.accepted, result.duplicates
                 rejected += [{"index": r.row, "error": r.error} for r in result.rejects]
                 rejected.sort(key=lambda r: r["index"])
+            if parsed.rejects:  # counted once answered: a body refused with 429/503 comes again
+                state.collector.observe_ingest(kind, 0, 0, [e for _, e in parsed.rejects])
             answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates, "rejected": rejected}
             if ignored:
                 answer["ignored_fields"] = sorted(ignored)
