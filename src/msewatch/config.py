@@ -146,6 +146,8 @@ def _section(data: Mapping[str, Any], name: str, cls: type, where: str) -> Any:
         expected = type(getattr(defaults, key))
         if expected is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise _fail(where, f"{name}.{key}", value, "expected a whole number ≥ 0")
+        if key == "port" and value > 65535:
+            raise _fail(where, f"{name}.{key}", value, "expected a port number, 0 to 65535")
         if expected is str and not isinstance(value, str):
             raise _fail(where, f"{name}.{key}", value, "expected a string")
         values[key] = value
@@ -200,9 +202,11 @@ def _models(table: Any, where: str) -> dict[str, ModelConfig]:
         _no_unknown(spec, set(ModelConfig.__dataclass_fields__), f"{key}.", where)
         buckets = spec.get("squared_error_buckets")
         thresholds = spec.get("thresholds", [])
+        if isinstance(thresholds, list) and all(isinstance(t, int | float) for t in thresholds):
+            thresholds = sorted(thresholds)  # any order; anything else is reported by _bounds
         out[name] = ModelConfig(
             squared_error_buckets=_bounds(buckets, f"{key}.squared_error_buckets", where) if buckets is not None else None,
-            thresholds=_bounds(sorted(thresholds), f"{key}.thresholds", where) if thresholds else (),
+            thresholds=_bounds(thresholds, f"{key}.thresholds", where) if thresholds != [] else (),
         )
     return out
 

@@ -25,6 +25,8 @@ def serve(db: str, config: Config, *, host: str, port: int, insecure: bool = Fal
     """Run the server until SIGINT/SIGTERM; then it stops taking requests and commits the queue."""
     import uvicorn
 
+    if not 0 <= port <= 65535:
+        raise InputError(f"--port {port}: expected a port number, 0 to 65535.")
     if not config.tokens and not is_loopback(host) and not insecure:
         raise InputError(
             f"refusing to listen on {host} without tokens: configure [[tokens]] in the config file "

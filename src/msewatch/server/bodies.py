@@ -24,6 +24,7 @@ MAX_FIELD_CHARS = 1024  # any longer string is rejected before it reaches the en
 MAX_FIELDS = 64  # per record
 MAX_NAME_CHARS = 128
 _SCALARS = (str, int, float, bool, type(None))
+_NUMBERS = ("y_pred", "y_true")
 
 
 class BodyError(ValueError):
@@ -50,6 +51,7 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
     if is_ndjson(content_type):
         lines = body.split(b"\n")
         for index, line in enumerate(lines):
+            line = line.removeprefix(b"\x1e")  # application/json-seq (RFC 7464): RS before each record
             if not line.strip():
                 continue
             if len(items) + len(rejects) >= max_rows:
@@ -107,10 +109,14 @@ def _record_error(item: Any) -> str | None:
     if len(item) > MAX_FIELDS:
         return f"more than {MAX_FIELDS} fields"
     for key, value in item.items():
+        if not key.strip():  # no column can be named so ("" is not even an SQL identifier)
+            return "a field name is empty or blank"
         if len(key) > MAX_NAME_CHARS or not key.isprintable():
             return f"field name {key[:40]!r}… is longer than {MAX_NAME_CHARS} characters or not printable"
         if not isinstance(value, _SCALARS):
             return f"field {key!r} must be a string, number, boolean or null, not {_json_type(value)}"
+        if isinstance(value, bool) and key in _NUMBERS:  # else a column of booleans becomes 0/1
+            return f"{key} is not a number: {'true' if value else 'false'}"
         if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
             return f"field {key!r} is longer than {MAX_FIELD_CHARS} characters"
     return None

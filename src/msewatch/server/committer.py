@@ -91,17 +91,17 @@ class Committer:
         drop = []
         with self._cond:
             known = self._known
-            new = 0
+            new: set[str] = set()  # new names of this request, case-folded
             for name in names:
                 folded = name.casefold()
                 if name in ColumnMap().source_names().values() or name in known:
                     continue
-                if folded in _CONTRACT or any(k.casefold() == folded for k in known):
+                if folded in _CONTRACT or folded in new or any(k.casefold() == folded for k in known):
                     drop.append(name)
-                elif len(known) + new >= self.config.server.max_extra_columns:
+                elif len(known) + len(new) >= self.config.server.max_extra_columns:
                     drop.append(name)
                 else:
-                    new += 1
+                    new.add(folded)
         return drop
 
     def close(self, timeout: float = 60.0) -> None:
