@@ -73,6 +73,9 @@ class EvalSpec:
             raise InputError(f"--huber-delta must be a positive number; got {self.huber_delta!r}.")
         if self.since and self.until and self.since >= self.until:
             raise InputError("--since must be earlier than --until.")
+        repeated = sorted({n for n in self.by if self.by.count(n) > 1})
+        if repeated:
+            raise InputError(f"--by names {repeated[0]!r} more than once.")
         for name in self.by:
             if name in _OUTPUT_ONLY:
                 raise InputError(f"--by {name!r} is an output column; group by a data column.")

@@ -13,6 +13,9 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 
 
+MAX_DURATION_SECONDS = 1000 * 366 * 86_400  # windows past this leave the timestamp range
+
+
 def parse_duration(text: str, *, option: str = "duration") -> int:
     """Seconds in a duration such as `90s`, `15m`, `1h`, `7d` or `2w`.
 
@@ -25,7 +28,10 @@ def parse_duration(text: str, *, option: str = "duration") -> int:
             f"{option} must be a positive whole number followed by s, m, h, d or w "
             f"(like 15m, 1h, 7d); got {text!r}."
         )
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds > MAX_DURATION_SECONDS:
+        raise InputError(f"{option} must be at most 1000 years; got {text!r}.")
+    return seconds
 
 
 def format_duration(seconds: int) -> str:

@@ -228,7 +228,11 @@ def create_app(db: str, config: Config) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
+        return _error(500, "internal error; the server log has the details")
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: internal_error})
     app.state.msewatch = state
     return _Timed(app, state)
 

@@ -67,9 +67,8 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            raise BodyError(
-                f"not valid JSON ({_reason(exc)}); NaN and Infinity are not JSON, send null or leave the row out."
-            ) from exc
+            hint = "; NaN and Infinity are not JSON, send null or leave the row out" if _has_non_finite(body) else ""
+            raise BodyError(f"not valid JSON ({_reason(exc)}){hint}.") from exc
         if isinstance(doc, dict):
             doc = [doc]
         if not isinstance(doc, list):
@@ -120,6 +119,10 @@ def _record_error(item: Any) -> str | None:
         if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
             return f"field {key!r} is longer than {MAX_FIELD_CHARS} characters"
     return None
+
+
+def _has_non_finite(body: bytes) -> bool:
+    return any(word in body for word in (b"NaN", b"Infinity", b"nan", b"inf"))
 
 
 def _json_type(value: Any) -> str:

@@ -404,7 +404,9 @@ class Store:
         result.accepted += int(inserted[0][0]) if inserted else 0
         if self._pair_columns is not None:
             self._pairs = self._new_pairs(
-                "_insert i JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current", "i"
+                "_insert i JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current",
+                "i",
+                {*_CORE_PREDICTION_COLUMNS, *stage.extras},
             )
             keys = ", ".join(
                 _q(c) if c in stage.extras or c in ("model", "version") else f"NULL::VARCHAR AS {_q(c)}"
@@ -480,8 +482,16 @@ class Store:
         stored = {c for (c,) in self.con.execute("SELECT column_name FROM (DESCRIBE predictions)").fetchall()}
         return [c for c in self._pair_columns or () if c in stored]
 
-    def _new_pairs(self, joined: str, p: str) -> pa.Table:
-        cols = ", ".join(f"{p}.{_q(c)}" for c in ["model", "version", *self._segments(), "y_pred"])
+    def _new_pairs(self, joined: str, p: str, available: set[str] | None = None) -> pa.Table:
+        """Model, version, segments, y_pred, y_true, latency of the pairs `joined` yields.
+
+        `available`: the columns alias `p` has, when it is not the whole predictions table (a
+        segment this input did not send is null).
+        """
+        cols = ", ".join(
+            f"{p}.{_q(c)}" if available is None or c in available else f"NULL::VARCHAR AS {_q(c)}"
+            for c in ["model", "version", *self._segments(), "y_pred"]
+        )
         return self.con.sql(
             f"""SELECT {cols}, l.y_true, epoch(l.label_ts) - epoch({p}.ts) AS label_latency_s
             FROM {joined}"""
