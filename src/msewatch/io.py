@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from msewatch.errors import InputError
 
-__all__ = ["BatchReader", "FORMATS", "ParseReject", "file_format", "records_to_batch", "scan"]
+__all__ = ["BatchReader", "FORMATS", "ParseReject", "concat_batches", "file_format", "records_to_batch", "scan"]
 
 FORMATS = {
     ".parquet": "parquet",
@@ -222,7 +222,7 @@ def scan(con: Any, path: str | os.PathLike[str]) -> tuple[ir.Table, list[ParseRe
         names = reader.columns or []
         empty = pa.table({**{n: pa.array([], pa.string()) for n in names}, "_row": pa.array([], pa.int64())})
         return ibis.memtable(empty), reader.parse_rejects
-    return ibis.memtable(_concat(batches)), reader.parse_rejects
+    return ibis.memtable(concat_batches(batches)), reader.parse_rejects
 
 
 def _record_numbers(last: int, count: int, skipped: list[int]) -> tuple[pa.Array, int]:
@@ -278,7 +278,7 @@ def _text(value: Any) -> str | None:
     return orjson.dumps(value).decode()
 
 
-def _concat(batches: list[pa.RecordBatch]) -> pa.Table:
+def concat_batches(batches: list[pa.RecordBatch]) -> pa.Table:
     """One table from batches whose column sets or types may differ (NDJSON)."""
     types: dict[str, pa.DataType] = {}
     for batch in batches:
@@ -301,6 +301,8 @@ def _concat(batches: list[pa.RecordBatch]) -> pa.Table:
 
 
 def _cast_text(column: pa.Array, typ: pa.DataType) -> pa.Array:
+    if typ == pa.string() and pa.types.is_temporal(column.type):
+        return column.cast(pa.string())  # ISO 8601 text, which normalize parses back
     if typ == pa.string():
         return pa.array([_text(v) for v in column.to_pylist()], pa.string())
     return column.cast(typ)

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from msewatch.io import records_to_batch
 from msewatch.schema import ColumnMap, Kind, required_columns
@@ -93,13 +94,35 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
     rejects.sort()
     if not records:
         return ParsedBody(None, count, rejects, ignored)
-    batch = records_to_batch(records, indexes)
+    batch = _typed_times(records_to_batch(records, indexes))
     # a required field no record has: a null column, so each row gets its own reason
     names = ColumnMap().source_names()
     for contract in required_columns(kind):
         if names[contract] not in batch.schema.names:
             batch = batch.append_column(names[contract], pa.nulls(batch.num_rows, pa.string()))
     return ParsedBody(batch, count, rejects, ignored)
+
+
+def _typed_times(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """ISO 8601 time columns parsed by Arrow when every value parses (the usual case).
+
+    Typed times skip the engine's text parsing; a column with any other spelling (epoch text,
+    dates, mixed zones) stays text and is parsed, value by value, by `schema.normalize`.
+    """
+    for name in ("ts", "label_ts"):
+        if name not in batch.schema.names or batch.schema.field(name).type != pa.string():
+            continue
+        column = batch.column(name)
+        for typ in (pa.timestamp("us", "UTC"), pa.timestamp("us")):
+            try:
+                parsed = pc.cast(column, typ)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            if typ.tz is None:  # naive ISO 8601 means UTC
+                parsed = pc.assume_timezone(parsed, "UTC")
+            batch = batch.set_column(batch.schema.get_field_index(name), name, parsed)
+            break
+    return batch
 
 
 def _record_error(item: Any) -> str | None:

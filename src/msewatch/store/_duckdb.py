@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from msewatch.errors import InputError, StoreError, StoreLockedError
-from msewatch.io import BatchReader, ParseReject
+from msewatch.io import BatchReader, ParseReject, concat_batches
 from msewatch.schema import ColumnMap, Kind, check_required, normalize, required_columns
 from msewatch.store import _rollups as rollups
 
@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     source VARCHAR,
     ingested_at TIMESTAMPTZ NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS predictions_prediction_id ON predictions (prediction_id);
 CREATE TABLE IF NOT EXISTS labels (
     prediction_id VARCHAR NOT NULL,
     y_true DOUBLE NOT NULL,
@@ -280,6 +281,8 @@ class Store:
             batches.append(batch.set_column(batch.schema.get_field_index("_row"), "_row", rows))
             offset += count
         total = IngestResult(duplicate_rows=[])
+        if len(batches) > 1:  # validated in one statement: its planning is the fixed cost
+            batches = concat_batches(batches).combine_chunks().to_batches()
         self._pair_columns = pair_columns
         self._pairs = self._inserted = None
         try:
@@ -337,6 +340,7 @@ class Store:
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
+            self._columns = None  # a column added in this transaction is gone again
             raise
         finally:
             con.execute("DROP TABLE IF EXISTS _stage")
@@ -359,7 +363,8 @@ class Store:
             FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._ok"""
         )
         # repeats inside the input: identical ones are duplicates, different ones conflicts
-        rows = con.execute(
+        has_repeats = con.execute("SELECT count(*) FROM _repeats").fetchone()[0] > 0
+        rows = [] if not has_repeats else con.execute(
             f"""SELECT r._row, r.prediction_id, f._row, {same_as('r', 'f')}
             FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
             JOIN (SELECT * FROM _ranked WHERE _is_first
@@ -378,30 +383,36 @@ class Store:
                 result.rejects.append(
                     Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
                 )
-        # against the store
-        rows = con.execute(
-            f"""SELECT r._row, r.prediction_id, {same_as('r', 'p')}
-            FROM _ranked r JOIN predictions p ON p.prediction_id = r.prediction_id
-            WHERE r._is_first"""
-        ).fetchall()
-        for row, pid, same in rows:
-            if same:
-                result.add_duplicates([row])
-            else:
-                result.rejects.append(
-                    Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
-                )
+        # against the store: the unique index refuses ids already stored, so the usual input
+        # (all new) costs index probes, not a scan of every stored id
         names = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *stage.extras])
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names} FROM _ranked r
-            WHERE r._is_first AND NOT EXISTS
-                (SELECT 1 FROM predictions p WHERE p.prediction_id = r.prediction_id)"""
-        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first")
+        candidates = con.execute("SELECT count(*) FROM _insert").fetchone()[0]
+        stamp = self._stamp()
         inserted = con.execute(
-            f"INSERT INTO predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert",
-            [stage.source, _now()],
+            f"""INSERT INTO predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
+            ON CONFLICT DO NOTHING""",
+            [stage.source, stamp],
         ).fetchall()
-        result.accepted += int(inserted[0][0]) if inserted else 0
+        accepted = int(inserted[0][0]) if inserted else 0
+        result.accepted += accepted
+        if accepted < candidates:  # some ids were stored before this commit: which, and how
+            rows = con.execute(
+                f"""SELECT i._row, i.prediction_id, {same_as('i', 'p')}
+                FROM _insert i JOIN predictions p ON p.prediction_id = i.prediction_id
+                WHERE p.ingested_at <> ?""",
+                [stamp],
+            ).fetchall()
+            for row, pid, same in rows:
+                if same:
+                    result.add_duplicates([row])
+                else:
+                    result.rejects.append(
+                        Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
+                    )
+            con.execute(
+                "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
+            )
         if self._pair_columns is not None:
             self._pairs = self._new_pairs(
                 "_insert i JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current",
@@ -473,13 +484,30 @@ class Store:
         rollups.refresh(con, rollups.touched_by_labels("_new"))
         con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best")
 
+    def _stamp(self) -> dt.datetime:
+        """`ingested_at` of this commit: later than any before it, so it tells its rows apart."""
+        now = _now()
+        last = getattr(self, "_last_stamp", None)
+        if last is not None and now <= last:
+            now = last + dt.timedelta(microseconds=1)
+        self._last_stamp = now
+        return now
+
+    def _stored_columns(self) -> set[str]:
+        cached = getattr(self, "_columns", None)
+        if cached is None:
+            cached = self._columns = {
+                c for (c,) in self.con.execute("SELECT column_name FROM (DESCRIBE predictions)").fetchall()
+            }
+        return cached
+
     def _same_request(self, row: int, other: int) -> bool:
         starts = self._starts
         return not starts or bisect.bisect_right(starts, row) == bisect.bisect_right(starts, other)
 
     def _segments(self) -> list[str]:
         """The asked pair columns that the predictions table has."""
-        stored = {c for (c,) in self.con.execute("SELECT column_name FROM (DESCRIBE predictions)").fetchall()}
+        stored = self._stored_columns()
         return [c for c in self._pair_columns or () if c in stored]
 
     def _new_pairs(self, joined: str, p: str, available: set[str] | None = None) -> pa.Table:
@@ -532,13 +560,12 @@ class _Stage:
         con = self.store.con
         con.register("_batch", batch)
         try:
-            if not self.created:
-                con.execute(f"CREATE TEMP TABLE _stage AS {sql} LIMIT 0")
-                self._add_stage_columns()
+            if not self.created:  # one statement: planning the validation SQL is its fixed cost
+                con.execute(f"CREATE TEMP TABLE _stage AS {sql}")
                 self.created = True
             else:
                 self._add_stage_columns()
-            con.execute(f"INSERT INTO _stage BY NAME {sql}")
+                con.execute(f"INSERT INTO _stage BY NAME {sql}")
             rows = batch.column("_row")
             # _row grows batch by batch, so the range scan touches this batch's row groups only
             bad = con.execute(
@@ -598,6 +625,7 @@ class _Stage:
                     )
                 sql_type = "DOUBLE" if kind == "feature" else "VARCHAR"
                 con.execute(f"ALTER TABLE predictions ADD COLUMN {_q(name)} {sql_type}")
+                self.store._columns = None
                 con.execute("INSERT INTO extra_columns VALUES (?, ?, ?)", [name, kind, _now()])
                 self.known[name] = kind
 

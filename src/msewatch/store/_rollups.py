@@ -57,6 +57,11 @@ def refresh(con: Any, touched_sql: str) -> None:
         WHERE rollups.model = t.model AND rollups.version = t.version
           AND rollups.bucket_start = t.bucket_start"""
     )
+    lo, hi = con.execute("SELECT min(bucket_start), max(bucket_start) FROM _touched").fetchone()
+    if lo is None:
+        con.execute("DROP TABLE IF EXISTS _touched")
+        return
+    # the time range as constants lets the scan skip row groups outside it (zone maps)
     con.execute(
         f"""INSERT INTO rollups
         WITH joined AS (
@@ -66,6 +71,7 @@ def refresh(con: Any, touched_sql: str) -> None:
             JOIN _touched t ON p.model = t.model AND p.version = t.version
                 AND {_BUCKET} = t.bucket_start
             LEFT JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
+            WHERE p.ts >= $lo AND p.ts < $hi + INTERVAL {ROLLUP_SECONDS} SECOND
         )
         SELECT model, version, bucket_start,
             count(*) AS n_predictions,
@@ -73,7 +79,8 @@ def refresh(con: Any, touched_sql: str) -> None:
             sum(r * r), sum(abs(r)), sum(abs(r) / greatest(abs(y_true), {EPSILON!r})),
             sum(CASE WHEN abs(r) <= 1.0 THEN 0.5 * r * r ELSE abs(r) - 0.5 END),
             avg(r), var_pop(r) * count(r), avg(y_true), var_pop(y_true) * count(y_true)
-        FROM joined GROUP BY ALL"""
+        FROM joined GROUP BY ALL""",
+        {"lo": lo, "hi": hi},
     )
     con.execute("DROP TABLE IF EXISTS _touched")
 
