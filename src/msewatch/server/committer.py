@@ -104,11 +104,12 @@ class Committer:
                     new.add(folded)
         return drop
 
-    def close(self, timeout: float = 60.0) -> None:
+    def close(self) -> None:
+        """Commit what is queued, then close the store (never under a running commit)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
+        self._thread.join()  # a group is bounded by max_group_rows, so this ends
         self.store.close()
 
     # -- the commit thread --------------------------------------------------------------------------
