@@ -267,6 +267,15 @@ def test_ndjson_integer_beyond_int64_does_not_overflow(tmp_path: Path) -> None:
     assert float(values[0]) == float(2**70) and float(values[1]) == 1.0
 
 
+def test_ndjson_floats_stay_numbers_and_a_huge_integer_beside_them_is_kept(tmp_path: Path) -> None:
+    floats = write_ndjson(tmp_path / "f.jsonl", [{"y_pred": 1.5}, {"y_pred": -0.25}])
+    _, table = read_all(floats)
+    assert table.schema.field("y_pred").type == pa.float64()
+    mixed = write_ndjson(tmp_path / "m.jsonl", [{"y_pred": 1.5}, {"y_pred": 2**64 - 1}, {"y_pred": 2}])
+    _, table = read_all(mixed)
+    assert table.column("y_pred").to_pylist() == ["1.5", str(2**64 - 1), "2"]
+
+
 def test_ndjson_batches_keep_record_numbers(tmp_path: Path) -> None:
     lines: list[dict[str, object] | str] = []
     for i in range(1, 11):

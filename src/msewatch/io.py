@@ -265,7 +265,9 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array(values, pa.bool_())
     if kinds == {int} and all(v is None or -_INT64_LIMIT <= v < _INT64_LIMIT for v in values):
         return pa.array(values, pa.int64())
-    if kinds == {int, float}:
+    if kinds in ({float}, {int, float}) and all(
+        type(v) is not int or -_INT64_LIMIT <= v < _INT64_LIMIT for v in values
+    ):
         return pa.array(values, pa.float64())
     if kinds == {str}:
         return pa.array(values, pa.string())
@@ -275,6 +277,8 @@ def _column(values: list[Any]) -> pa.Array:
 def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
+    if type(value) is int:  # any size, as written
+        return str(value)
     return orjson.dumps(value).decode()
 
 

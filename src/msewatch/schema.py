@@ -103,8 +103,12 @@ def normalize(
     default_version: str | None = None,
     feature_columns: frozenset[str] = frozenset(),
     segment_columns: frozenset[str] = frozenset(),
+    reasons: bool = True,
 ) -> ir.Table:
     """Typed contract columns, pass-through extras, `_row`, `_ok` and the rejection reason `_error`.
+
+    With `reasons=False` there is no `_error` column: a smaller query, for callers that word
+    the reasons of rejected rows separately.
 
     Extras (columns outside the contract) keep their values: those named in `feature_columns`,
     and numeric ones not named in `segment_columns`, become float64 features; everything else
@@ -208,6 +212,8 @@ def normalize(
     failed = [condition.fill_null(False) for condition, _ in checks]
     ok = ~functools.reduce(operator.or_, failed) if failed else ibis.literal(True)
     error = ibis.cases(*zip(failed, (reason for _, reason in checks)), else_=ibis.null("string")) if failed else ibis.null("string")
+    if not reasons:
+        return raw.select(**out, _row=raw["_row"].cast("int64"), _ok=ok)
     return raw.select(**out, _row=raw["_row"].cast("int64"), _ok=ok, _error=error)
 
 

@@ -164,7 +164,7 @@ class Store:
         self._pairs: pa.Table | None = None
         self._inserted: pa.Table | None = None
         # compiled validation SQL by input shape: many small requests share a few shapes
-        self._normalize_sql: dict[tuple[Any, ...], str] = {}
+        self._normalize_sql: dict[tuple[Any, ...], tuple[str, str]] = {}
 
     def reader(self) -> Store:
         """Another connection to the same open database, for reads beside the writer.
@@ -363,7 +363,7 @@ class Store:
             FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._ok"""
         )
         # repeats inside the input: identical ones are duplicates, different ones conflicts
-        has_repeats = con.execute("SELECT count(*) FROM _repeats").fetchone()[0] > 0
+        has_repeats = con.execute("SELECT count(*) FROM _repeats").fetchall()[0][0] > 0
         rows = [] if not has_repeats else con.execute(
             f"""SELECT r._row, r.prediction_id, f._row, {same_as('r', 'f')}
             FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
@@ -387,7 +387,7 @@ class Store:
         # (all new) costs index probes, not a scan of every stored id
         names = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *stage.extras])
         con.execute(f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first")
-        candidates = con.execute("SELECT count(*) FROM _insert").fetchone()[0]
+        candidates = con.execute("SELECT count(*) FROM _insert").fetchall()[0][0]
         stamp = self._stamp()
         inserted = con.execute(
             f"""INSERT INTO predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
@@ -413,9 +413,15 @@ class Store:
             con.execute(
                 "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
             )
+        # the new predictions whose label came first: usually none (one scan of the labels)
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _labeled AS SELECT i.prediction_id FROM _insert i
+            SEMI JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current"""
+        )
         if self._pair_columns is not None:
             self._pairs = self._new_pairs(
-                "_insert i JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current",
+                """_insert i SEMI JOIN _labeled USING (prediction_id)
+                JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current""",
                 "i",
                 {*_CORE_PREDICTION_COLUMNS, *stage.extras},
             )
@@ -424,8 +430,11 @@ class Store:
                 for c in ["model", "version", *self._segments()]
             )
             self._inserted = con.sql(f"SELECT {keys}, count(*) AS n FROM _insert GROUP BY ALL").to_arrow_table()
-        rollups.refresh(con, rollups.touched_by_predictions("_insert"))
-        con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
+        rollups.add_predictions(con, "_insert", "_labeled")
+        con.execute(
+            "DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats; "
+            "DROP TABLE IF EXISTS _labeled"
+        )
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
@@ -453,6 +462,7 @@ class Store:
                     (PARTITION BY n.prediction_id ORDER BY n.label_ts NULLS FIRST, n._row) AS revision
             FROM (SELECT * FROM _ranked WHERE _copy = 1 AND NOT _stored) n
             LEFT JOIN (SELECT prediction_id, max(revision) AS revision FROM labels
+                       SEMI JOIN _ranked USING (prediction_id)
                        GROUP BY prediction_id) m USING (prediction_id)"""
         )
         inserted = con.execute(
@@ -474,15 +484,33 @@ class Store:
             """UPDATE labels SET is_current = (labels.revision = b.revision)
             FROM _best b WHERE labels.prediction_id = b.prediction_id"""
         )
-        if self._pair_columns is not None:  # revision 1: the id had no label before this commit
-            self._pairs = self._new_pairs(
-                """(SELECT DISTINCT prediction_id FROM _new WHERE revision = 1) n
-                JOIN predictions i ON i.prediction_id = n.prediction_id
-                JOIN labels l ON l.prediction_id = n.prediction_id AND l.is_current""",
-                "i",
-            )
-        rollups.refresh(con, rollups.touched_by_labels("_new"))
-        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best")
+        # revision 1: the id had no label before this commit, so its pair is new (merged into
+        # the rollups); an id labeled before has a correction (its minutes are recomputed)
+        segments = self._segments() if self._pair_columns is not None else []
+        cols = ", ".join(f"i.{_q(c)}" for c in ["model", "version", "ts", "y_pred", *segments])
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _firsts AS
+            SELECT {cols}, l.y_true, l.label_ts
+            FROM (SELECT DISTINCT prediction_id FROM _new WHERE revision = 1) n
+            JOIN predictions i ON i.prediction_id = n.prediction_id
+            JOIN labels l ON l.prediction_id = n.prediction_id AND l.is_current"""
+        )
+        if self._pair_columns is not None:
+            keys = ", ".join(_q(c) for c in ["model", "version", *segments, "y_pred", "y_true"])
+            self._pairs = con.sql(
+                f"SELECT {keys}, epoch(label_ts) - epoch(ts) AS label_latency_s FROM _firsts"
+            ).to_arrow_table()
+        rollups.add_first_labels(con, "_firsts")
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _corrected AS SELECT prediction_id FROM _new
+            GROUP BY prediction_id HAVING min(revision) > 1"""
+        )
+        if con.execute("SELECT count(*) FROM _corrected").fetchall()[0][0]:
+            rollups.refresh(con, rollups.touched_by_labels("_corrected"))
+        con.execute(
+            "DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best; "
+            "DROP TABLE IF EXISTS _firsts; DROP TABLE IF EXISTS _corrected"
+        )
 
     def _stamp(self) -> dt.datetime:
         """`ingested_at` of this commit: later than any before it, so it tells its rows apart."""
@@ -556,7 +584,7 @@ class _Stage:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
         if self.kind == "predictions":
             self._register_extras(batch)
-        sql = self._sql(batch.schema)
+        sql, errors_sql = self._sql(batch.schema)
         con = self.store.con
         con.register("_batch", batch)
         try:
@@ -568,11 +596,12 @@ class _Stage:
                 con.execute(f"INSERT INTO _stage BY NAME {sql}")
             rows = batch.column("_row")
             # _row grows batch by batch, so the range scan touches this batch's row groups only
-            bad = con.execute(
-                "SELECT _row, _error FROM _stage WHERE _row BETWEEN ? AND ? "
-                "AND NOT _ok ORDER BY _row",
+            n_bad = con.execute(
+                "SELECT count(*) FROM _stage WHERE _row BETWEEN ? AND ? AND NOT _ok",
                 [rows[0].as_py(), rows[len(rows) - 1].as_py()],
-            ).fetchall()
+            ).fetchall()[0][0]
+            # the reasons are worded only for the rejected rows, in a second pass over the batch
+            bad = con.execute(f"{errors_sql} ORDER BY _row").fetchall() if n_bad else []
         finally:
             con.unregister("_batch")
         if bad:
@@ -583,28 +612,34 @@ class _Stage:
                 result.rejects.append(Reject(row, error, record))
         self.rows += batch.num_rows - len(bad)
 
-    def _sql(self, schema: pa.Schema) -> str:
+    def _sql(self, schema: pa.Schema) -> tuple[str, str]:
+        """The validation SQL for inputs of this shape, and the SQL of its rejects' reasons."""
         key = (self.kind, self.columns, self.source, self.default_model, self.default_version,
                tuple(sorted(self.extras.items())), schema)
         cache = self.store._normalize_sql
-        sql = cache.get(key)
-        if sql is None:
+        sqls = cache.get(key)
+        if sqls is None:
             raw = ibis.table(ibis.Schema.from_pyarrow(schema), name="_batch")
-            expr = normalize(
-                raw,
-                self.kind,
-                self.columns,
-                source=self.source,
-                default_model=self.default_model,
-                default_version=self.default_version,
-                feature_columns=frozenset(n for n, k in self.extras.items() if k == "feature"),
-                segment_columns=frozenset(n for n, k in self.extras.items() if k == "segment"),
-            )
-            sql = ibis.to_sql(expr, dialect="duckdb")
+            exprs = [
+                normalize(
+                    raw,
+                    self.kind,
+                    self.columns,
+                    source=self.source,
+                    default_model=self.default_model,
+                    default_version=self.default_version,
+                    feature_columns=frozenset(n for n, k in self.extras.items() if k == "feature"),
+                    segment_columns=frozenset(n for n, k in self.extras.items() if k == "segment"),
+                    reasons=reasons,
+                )
+                for reasons in (False, True)
+            ]
+            errors = exprs[1].filter(~exprs[1]._ok).select("_row", "_error")
+            sqls = (ibis.to_sql(exprs[0], dialect="duckdb"), ibis.to_sql(errors, dialect="duckdb"))
             if len(cache) >= 256:
                 cache.clear()
-            cache[key] = sql
-        return sql
+            cache[key] = sqls
+        return sqls
 
     def _register_extras(self, batch: pa.RecordBatch) -> None:
         contract = set(self.columns.source_names().values())

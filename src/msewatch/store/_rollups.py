@@ -19,6 +19,8 @@ from msewatch.metrics import EPSILON, ErrorStats
 
 __all__ = [
     "ROLLUP_DDL",
+    "add_first_labels",
+    "add_predictions",
     "ROLLUP_SECONDS",
     "refresh",
     "touched_by_labels",
@@ -57,7 +59,7 @@ def refresh(con: Any, touched_sql: str) -> None:
         WHERE rollups.model = t.model AND rollups.version = t.version
           AND rollups.bucket_start = t.bucket_start"""
     )
-    lo, hi = con.execute("SELECT min(bucket_start), max(bucket_start) FROM _touched").fetchone()
+    lo, hi = con.execute("SELECT min(bucket_start), max(bucket_start) FROM _touched").fetchall()[0]
     if lo is None:
         con.execute("DROP TABLE IF EXISTS _touched")
         return
@@ -83,6 +85,85 @@ def refresh(con: Any, touched_sql: str) -> None:
         {"lo": lo, "hi": hi},
     )
     con.execute("DROP TABLE IF EXISTS _touched")
+
+
+def add_predictions(con: Any, inserted: str, labeled: str) -> None:
+    """Count new predictions into their minutes; recompute only minutes where one is labeled.
+
+    An unlabeled prediction changes a minute's `n_predictions` and nothing else, so counting
+    it in is exact; a prediction whose label arrived first changes the error sums, and its
+    minute is recomputed from the raw tables like any other.
+    """
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _added AS
+        SELECT p.model, p.version, {_BUCKET} AS bucket_start, count(*) AS n
+        FROM {inserted} p GROUP BY ALL"""
+    )
+    con.execute(
+        """UPDATE rollups SET n_predictions = rollups.n_predictions + a.n FROM _added a
+        WHERE rollups.model = a.model AND rollups.version = a.version
+          AND rollups.bucket_start = a.bucket_start"""
+    )
+    con.execute(
+        """INSERT INTO rollups (model, version, bucket_start, n_predictions, n_labeled)
+        SELECT a.model, a.version, a.bucket_start, a.n, 0 FROM _added a
+        WHERE NOT EXISTS (SELECT 1 FROM rollups r WHERE r.model = a.model
+                          AND r.version = a.version AND r.bucket_start = a.bucket_start)"""
+    )
+    con.execute("DROP TABLE IF EXISTS _added")
+    if con.execute(f"SELECT count(*) FROM {labeled}").fetchall()[0][0]:
+        refresh(
+            con,
+            f"""SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {inserted} p
+            SEMI JOIN {labeled} USING (prediction_id)""",
+        )
+
+
+def add_first_labels(con: Any, firsts: str) -> None:
+    """Merge predictions that just got their first label into their minutes' statistics.
+
+    `firsts` has model, version, ts, y_pred, y_true. Counts and sums add; means and centred
+    sums of squares combine with the parallel formula (Chan et al.), the same merge
+    `ErrorStats.merge` does. A minute with no row yet is recomputed from the raw tables.
+    """
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _b AS
+        SELECT model, version, bucket_start, count(*)::DOUBLE AS n,
+            sum(r * r) AS sq, sum(abs(r)) AS ab, sum(abs(r) / greatest(abs(y), {EPSILON!r})) AS ape,
+            sum(CASE WHEN abs(r) <= 1.0 THEN 0.5 * r * r ELSE abs(r) - 0.5 END) AS hub,
+            avg(r) AS mr, var_pop(r) * count(*) AS m2r, avg(y) AS my, var_pop(y) * count(*) AS m2y
+        FROM (SELECT p.model, p.version, {_BUCKET} AS bucket_start, p.y_pred - p.y_true AS r,
+                     p.y_true AS y FROM {firsts} p)
+        GROUP BY ALL"""
+    )
+    # right-hand sides read the values before the update
+    con.execute(
+        """UPDATE rollups SET
+            n_labeled = rollups.n_labeled + b.n::BIGINT,
+            sum_sq = coalesce(rollups.sum_sq, 0) + b.sq,
+            sum_abs = coalesce(rollups.sum_abs, 0) + b.ab,
+            sum_ape = coalesce(rollups.sum_ape, 0) + b.ape,
+            sum_huber = coalesce(rollups.sum_huber, 0) + b.hub,
+            mean_r = CASE WHEN rollups.n_labeled = 0 THEN b.mr
+                ELSE rollups.mean_r + (b.mr - rollups.mean_r) * b.n / (rollups.n_labeled + b.n) END,
+            m2_r = CASE WHEN rollups.n_labeled = 0 THEN b.m2r
+                ELSE rollups.m2_r + b.m2r + (b.mr - rollups.mean_r) * (b.mr - rollups.mean_r)
+                     * rollups.n_labeled * b.n / (rollups.n_labeled + b.n) END,
+            mean_y = CASE WHEN rollups.n_labeled = 0 THEN b.my
+                ELSE rollups.mean_y + (b.my - rollups.mean_y) * b.n / (rollups.n_labeled + b.n) END,
+            m2_y = CASE WHEN rollups.n_labeled = 0 THEN b.m2y
+                ELSE rollups.m2_y + b.m2y + (b.my - rollups.mean_y) * (b.my - rollups.mean_y)
+                     * rollups.n_labeled * b.n / (rollups.n_labeled + b.n) END
+        FROM _b b
+        WHERE rollups.model = b.model AND rollups.version = b.version
+          AND rollups.bucket_start = b.bucket_start"""
+    )
+    missing = """SELECT b.model, b.version, b.bucket_start FROM _b b WHERE NOT EXISTS
+        (SELECT 1 FROM rollups r WHERE r.model = b.model AND r.version = b.version
+         AND r.bucket_start = b.bucket_start)"""
+    if con.execute(f"SELECT count(*) FROM ({missing})").fetchall()[0][0]:
+        refresh(con, missing)
+    con.execute("DROP TABLE IF EXISTS _b")
 
 
 def touched_by_predictions(stage_table: str) -> str:
