@@ -204,7 +204,12 @@ class Store:
 
     def extra_columns(self) -> dict[str, str]:
         """Segment and feature columns of the predictions table: name → 'segment' | 'feature'."""
-        return dict(self.con.execute("SELECT name, kind FROM extra_columns ORDER BY name").fetchall())
+        cached = getattr(self, "_extras", None)
+        if cached is None:
+            cached = self._extras = dict(
+                self.con.execute("SELECT name, kind FROM extra_columns ORDER BY name").fetchall()
+            )
+        return dict(cached)
 
     # -- writing --------------------------------------------------------------------------------
     def ingest_file(
@@ -340,7 +345,7 @@ class Store:
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
-            self._columns = None  # a column added in this transaction is gone again
+            self._columns = self._extras = None  # a column added in this transaction is gone again
             raise
         finally:
             con.execute("DROP TABLE IF EXISTS _stage")
@@ -352,18 +357,23 @@ class Store:
         same_as = lambda a, b: " AND ".join(  # noqa: E731
             f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
         )
-        # ids repeated inside the input are rare: find them with a hash aggregate, not a sort
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, min(_row) AS _first
-            FROM _stage WHERE _ok GROUP BY prediction_id HAVING count(*) > 1"""
-        )
-        con.execute(
-            """CREATE OR REPLACE TEMP VIEW _ranked AS
-            SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
-            FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._ok"""
-        )
+        # ids repeated inside the input are rare: one count tells, a hash aggregate finds them
+        has_repeats = con.execute(
+            "SELECT count(*) > count(DISTINCT prediction_id) FROM _stage WHERE _ok"
+        ).fetchall()[0][0]
+        if has_repeats:
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, min(_row) AS _first
+                FROM _stage WHERE _ok GROUP BY prediction_id HAVING count(*) > 1"""
+            )
+            con.execute(
+                """CREATE OR REPLACE TEMP VIEW _ranked AS
+                SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
+                FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._ok"""
+            )
+        else:
+            con.execute("CREATE OR REPLACE TEMP VIEW _ranked AS SELECT *, true AS _is_first FROM _stage WHERE _ok")
         # repeats inside the input: identical ones are duplicates, different ones conflicts
-        has_repeats = con.execute("SELECT count(*) FROM _repeats").fetchall()[0][0] > 0
         rows = [] if not has_repeats else con.execute(
             f"""SELECT r._row, r.prediction_id, f._row, {same_as('r', 'f')}
             FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
@@ -418,19 +428,21 @@ class Store:
             """CREATE OR REPLACE TEMP TABLE _labeled AS SELECT i.prediction_id FROM _insert i
             SEMI JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current"""
         )
-        if self._pair_columns is not None:
+        any_labeled = con.execute("SELECT count(*) FROM _labeled").fetchall()[0][0] > 0
+        if self._pair_columns is not None and any_labeled:
             self._pairs = self._new_pairs(
                 """_insert i SEMI JOIN _labeled USING (prediction_id)
                 JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current""",
                 "i",
                 {*_CORE_PREDICTION_COLUMNS, *stage.extras},
             )
+        if self._pair_columns is not None:
             keys = ", ".join(
                 _q(c) if c in stage.extras or c in ("model", "version") else f"NULL::VARCHAR AS {_q(c)}"
                 for c in ["model", "version", *self._segments()]
             )
             self._inserted = con.sql(f"SELECT {keys}, count(*) AS n FROM _insert GROUP BY ALL").to_arrow_table()
-        rollups.add_predictions(con, "_insert", "_labeled")
+        rollups.add_predictions(con, "_insert", "_labeled" if any_labeled else None)
         con.execute(
             "DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats; "
             "DROP TABLE IF EXISTS _labeled"
@@ -662,6 +674,7 @@ class _Stage:
                 con.execute(f"ALTER TABLE predictions ADD COLUMN {_q(name)} {sql_type}")
                 self.store._columns = None
                 con.execute("INSERT INTO extra_columns VALUES (?, ?, ?)", [name, kind, _now()])
+                self.store._extras = None
                 self.known[name] = kind
 
     def _add_stage_columns(self) -> None:

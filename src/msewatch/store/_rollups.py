@@ -87,7 +87,7 @@ def refresh(con: Any, touched_sql: str) -> None:
     con.execute("DROP TABLE IF EXISTS _touched")
 
 
-def add_predictions(con: Any, inserted: str, labeled: str) -> None:
+def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
     """Count new predictions into their minutes; recompute only minutes where one is labeled.
 
     An unlabeled prediction changes a minute's `n_predictions` and nothing else, so counting
@@ -111,7 +111,7 @@ def add_predictions(con: Any, inserted: str, labeled: str) -> None:
                           AND r.version = a.version AND r.bucket_start = a.bucket_start)"""
     )
     con.execute("DROP TABLE IF EXISTS _added")
-    if con.execute(f"SELECT count(*) FROM {labeled}").fetchall()[0][0]:
+    if labeled is not None:  # the ids among `inserted` that have a label
         refresh(
             con,
             f"""SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {inserted} p
