@@ -9,12 +9,15 @@ on to validation by `schema.normalize` in the store. Index = position in the arr
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pajson
 
 from msewatch.io import records_to_batch
 from msewatch.schema import ColumnMap, Kind, required_columns
@@ -50,6 +53,9 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
     items: list[tuple[int, Any]] = []
     rejects: list[tuple[int, str]] = []
     if is_ndjson(content_type):
+        fast = _fast_ndjson(body, kind, max_rows)
+        if fast is not None:
+            return fast
         lines = body.split(b"\n")
         for index, line in enumerate(lines):
             line = line.removeprefix(b"\x1e")  # application/json-seq (RFC 7464): RS before each record
@@ -95,12 +101,68 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
     if not records:
         return ParsedBody(None, count, rejects, ignored)
     batch = _typed_times(records_to_batch(records, indexes))
-    # a required field no record has: a null column, so each row gets its own reason
+    return ParsedBody(_with_required(batch, kind), count, rejects, ignored)
+
+
+def _with_required(batch: pa.RecordBatch, kind: Kind) -> pa.RecordBatch:
+    """A required field no record has becomes a null column, so each row gets its own reason."""
     names = ColumnMap().source_names()
     for contract in required_columns(kind):
         if names[contract] not in batch.schema.names:
             batch = batch.append_column(names[contract], pa.nulls(batch.num_rows, pa.string()))
-    return ParsedBody(batch, count, rejects, ignored)
+    return batch
+
+
+_FAST_TYPES = (pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.null())
+_TEXT_TIMES = pa.schema([("ts", pa.string()), ("label_ts", pa.string())])
+
+
+def _fast_ndjson(body: bytes, kind: Kind, max_rows: int) -> ParsedBody | None:
+    """NDJSON read by Arrow's C++ reader (about 2.5x faster), or None to take the careful path.
+
+    Only a body whose every line is a flat object that the careful path would accept as is
+    comes back: anything unusual (blank or bad lines, NaN literals, escapes, nested or mixed
+    values, long strings, odd field names) goes value by value through the path that words a
+    reason for each record. Both give the same columns for the bodies this one takes.
+    """
+    if not body or b"\\u" in body or b"NaN" in body or b"Infinity" in body or b"\r" in body:
+        return None
+    lines = body.count(b"\n") + (0 if body.endswith(b"\n") else 1)
+    if lines > max_rows:
+        return None
+    try:
+        table = pajson.read_json(
+            io.BytesIO(body),
+            read_options=pajson.ReadOptions(use_threads=False),  # small bodies: threads cost more
+            parse_options=pajson.ParseOptions(explicit_schema=_TEXT_TIMES, unexpected_field_behavior="infer"),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != lines or table.num_columns > MAX_FIELDS:
+        return None
+    columns: dict[str, pa.Array] = {}
+    ignored: set[str] = set()
+    for f in table.schema:
+        name = f.name
+        if not name.strip() or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            return None
+        if f.type not in _FAST_TYPES or (name in _NUMBERS and f.type == pa.bool_()):
+            return None
+        if name == "prediction_id" and f.type not in (pa.string(), pa.int64(), pa.null()):
+            return None
+        column = table.column(name).combine_chunks()
+        if f.type == pa.string() and len(column) and (pc.max(pc.utf8_length(column)).as_py() or 0) > MAX_FIELD_CHARS:
+            return None
+        if name.startswith("_"):
+            ignored.add(name)
+            continue
+        columns[name] = column.cast(pa.string()) if f.type == pa.null() else column
+    for name in ("ts", "label_ts"):  # the explicit schema adds them; absent means absent
+        if name in columns and columns[name].null_count == len(columns[name]) and f"\"{name}\"".encode() not in body:
+            del columns[name]
+    columns["_row"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    batch = pa.RecordBatch.from_pydict(columns)
+    return ParsedBody(_with_required(_typed_times(batch), kind), table.num_rows, [], ignored)
 
 
 def _typed_times(batch: pa.RecordBatch) -> pa.RecordBatch:
