@@ -152,7 +152,13 @@ class Store:
                 f"{self.path}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})."
             ) from exc
         if not read_only:
-            self.con.execute(_DDL + rollups.ROLLUP_DDL)
+            try:
+                self.con.execute(_DDL + rollups.ROLLUP_DDL)
+            except duckdb.Error as exc:  # e.g. a store written by hand with repeated ids
+                self.con.close()
+                raise StoreError(
+                    f"{self.path}: cannot prepare the store's tables ({str(exc).splitlines()[0]})."
+                ) from exc
         self._attach(self.con)
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
