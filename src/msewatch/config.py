@@ -10,6 +10,7 @@ Every key has a default, so `msewatch serve` runs with no file. A wrong key or v
     max_rows_per_request = 100000
     max_pending_rows = 400000        # ingest queue bound; past it requests get 429
     max_extra_columns = 64            # segment/feature columns HTTP may add to the store
+    commit_delay_ms = 5               # a commit waits this long for more requests to share it
 
     [[tokens]]
     name = "model-servers"
@@ -67,6 +68,7 @@ class ServerConfig:
     max_pending_rows: int = 400_000
     max_extra_columns: int = 64
     max_group_rows: int = 200_000
+    commit_delay_ms: int = 5
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -58,6 +59,8 @@ class Committer:
         self.collector = collector
         self.max_pending = config.server.max_pending_rows
         self.max_group = config.server.max_group_rows
+        self.delay = config.server.commit_delay_ms / 1000
+        self._committing = 0  # rows of the group being committed (still in _pending_rows)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._pending_rows = 0
         self._cond = threading.Condition()
@@ -120,10 +123,20 @@ class Committer:
                     self._cond.wait()
                 if not self._queue and self._closing:
                     return
+                # commit delay: clients answered by the last commit are sending their next
+                # request; waiting a few ms lets them share this commit (PostgreSQL's commit_delay)
+                deadline = time.monotonic() + self.delay
+                while not self._closing and self._pending_rows - self._committing < self.max_group:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
                 group = self._take()
+                self._committing = sum(p.batch.num_rows for p in group)
             self._commit(group)
             with self._cond:
-                self._pending_rows -= sum(p.batch.num_rows for p in group)
+                self._pending_rows -= self._committing
+                self._committing = 0
 
     def _take(self) -> list[_Pending]:
         kind = self._queue[0].kind
