@@ -30,6 +30,7 @@ from msewatch.metrics import EPSILON, METRIC_NAMES, QUANTILES
 from msewatch.schema import UTC
 
 __all__ = [
+    "DUCKDB_MACROS",
     "LATENCY_NAMES",
     "EvalSpec",
     "Evaluation",
@@ -140,9 +141,13 @@ def latest_labels(labels: ir.Table, *, dialect: str = "duckdb") -> ir.Table:
     ok = labels._ok if "_ok" in labels.columns else None
     if "label_ts" in labels.columns:
         oldest = ibis.literal(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)).cast(UTC)
-        key = ibis.struct({"t": labels.label_ts.fill_null(oldest), "r": labels._row.cast("int64")})
+        stamp, row = labels.label_ts.fill_null(oldest), labels._row.cast("int64")
+        if dialect == "duckdb":  # one 128-bit number orders like (label_ts, row): 1.5x faster
+            y_true = _duckdb_arg_max_key(labels.y_true, _duckdb_label_key(stamp, row))
+        else:
+            y_true = labels.y_true.argmax(ibis.struct({"t": stamp, "r": row}))
         # the latest label_ts is the max: one ordered aggregate, not two
-        aggs = {"y_true": _arg_max(labels.y_true, key, dialect), "label_ts": labels.label_ts.max()}
+        aggs = {"y_true": y_true, "label_ts": labels.label_ts.max()}
     else:
         aggs = {"y_true": labels.y_true.argmax(labels._row)}
     if ok is None:
@@ -151,16 +156,26 @@ def latest_labels(labels: ir.Table, *, dialect: str = "duckdb") -> ir.Table:
     return labels.group_by(group).aggregate(**aggs, _bad=labels.count(where=~ok))
 
 
+#: DuckDB macros the file evaluation uses (`sources.new_engine` creates them)
+DUCKDB_MACROS = (
+    # (label_ts, row) as one HUGEINT: microseconds * 2^40 + row (rows of a file are < 2^40)
+    "CREATE OR REPLACE MACRO msewatch_label_key(t, r) AS epoch_us(t)::HUGEINT * 1099511627776 + r"
+)
+
+
+@ibis.udf.scalar.builtin(name="msewatch_label_key")
+def _duckdb_label_key(  # type: ignore[empty-body]
+    t: dt_type.Timestamp(timezone="UTC"), r: dt_type.int64
+) -> dt_type.Decimal(38, 0):
+    """The macro above; Ibis has no 128-bit integer type, DuckDB computes a HUGEINT."""
+
+
 @ibis.udf.agg.builtin(name="arg_max")
-def _duckdb_arg_max(  # type: ignore[empty-body]
-    arg: dt_type.float64, key: dt_type.Struct({"t": dt_type.Timestamp(timezone="UTC"), "r": dt_type.int64})
+def _duckdb_arg_max_key(  # type: ignore[empty-body]
+    arg: dt_type.float64, key: dt_type.Decimal(38, 0)
 ) -> dt_type.float64:
-    """DuckDB's arg_max with a struct key: a hash aggregate, where Ibis's portable spelling of
-    argmax on a struct is an ordered aggregate that sorts every group (twice as slow)."""
-
-
-def _arg_max(arg: ir.FloatingColumn, key: ir.StructColumn, dialect: str) -> ir.FloatingScalar:
-    return _duckdb_arg_max(arg, key) if dialect == "duckdb" else arg.argmax(key)
+    """DuckDB's arg_max on a number: a hash aggregate, where a struct key compares slowly and
+    Ibis's portable argmax on a struct is an ordered aggregate that sorts every group."""
 
 
 def evaluation_expr(

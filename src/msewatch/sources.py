@@ -14,7 +14,7 @@ from typing import Any
 import ibis
 import ibis.expr.types as ir
 
-from msewatch.evaluate import latest_labels
+from msewatch.evaluate import DUCKDB_MACROS, latest_labels
 from msewatch.io import ParseReject, scan
 from msewatch.schema import ColumnMap, Kind, normalize
 from msewatch.store import Store
@@ -35,6 +35,7 @@ def new_engine() -> Any:
     """An in-memory DuckDB engine set to UTC."""
     engine = ibis.duckdb.connect()
     engine.raw_sql("SET TimeZone = 'UTC'")
+    engine.raw_sql(DUCKDB_MACROS)
     return engine
 
 
