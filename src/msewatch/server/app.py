@@ -151,8 +151,7 @@ def create_app(db: str, config: Config) -> Starlette:
             try:
                 parsed = parse_body(body, content_type, kind, config.server.max_rows_per_request)
             except BodyError as exc:
-                status = 413 if "records in one request" in str(exc) else 400
-                return _error(status, str(exc))
+                return _error(exc.status, str(exc))
             rejected = [{"index": i, "error": e} for i, e in parsed.rejects]
             ignored = set(parsed.ignored_fields)
             accepted = duplicates = 0

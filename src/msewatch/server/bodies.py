@@ -32,7 +32,11 @@ _NUMBERS = ("y_pred", "y_true")
 
 
 class BodyError(ValueError):
-    """The body as a whole is unusable (HTTP 400)."""
+    """The body as a whole is unusable: HTTP 400, or 413 when it holds too many records."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -62,7 +66,7 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
             if not line.strip():
                 continue
             if len(items) + len(rejects) >= max_rows:
-                raise BodyError(f"more than {max_rows} records in one request; split it.")
+                raise BodyError(f"more than {max_rows} records in one request; split it.", 413)
             try:
                 items.append((index, orjson.loads(line)))
             except orjson.JSONDecodeError as exc:
@@ -81,7 +85,7 @@ def parse_body(body: bytes, content_type: str, kind: Kind, max_rows: int) -> Par
         if not isinstance(doc, list):
             raise BodyError(f"expected a JSON object or an array of objects, found {_json_type(doc)}.")
         if len(doc) > max_rows:
-            raise BodyError(f"{len(doc)} records in one request, more than {max_rows}; split it.")
+            raise BodyError(f"{len(doc)} records in one request, more than {max_rows}; split it.", 413)
         items = list(enumerate(doc))
         count = len(doc)
     records: list[dict[str, Any]] = []
