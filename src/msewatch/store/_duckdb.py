@@ -456,14 +456,22 @@ class Store:
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
+        # usually no id of the input has a stored label yet: one scan of the labels tells, and
+        # then nothing below needs to look at stored labels again
+        fresh = not con.execute(
+            """SELECT count(*) FROM labels
+            SEMI JOIN (SELECT DISTINCT prediction_id FROM _stage WHERE _ok) USING (prediction_id)"""
+        ).fetchall()[0][0]
+        stored = "false" if fresh else """EXISTS (SELECT 1 FROM labels l
+            WHERE l.prediction_id = s.prediction_id AND l.y_true = s.y_true
+              AND l.label_ts IS NOT DISTINCT FROM s.label_ts)"""
         # order within the input: by label time (unknown first), then row; a label equal to one
         # already seen for the id (same value and label time) is a duplicate, never a revision
         con.execute(
-            """CREATE OR REPLACE TEMP TABLE _ranked AS
+            f"""CREATE OR REPLACE TEMP TABLE _ranked AS
             SELECT s.*,
                 row_number() OVER (PARTITION BY prediction_id, y_true, label_ts ORDER BY _row) AS _copy,
-                EXISTS (SELECT 1 FROM labels l WHERE l.prediction_id = s.prediction_id
-                        AND l.y_true = s.y_true AND l.label_ts IS NOT DISTINCT FROM s.label_ts) AS _stored
+                {stored} AS _stored
             FROM _stage s WHERE _ok"""
         )
         if result.duplicate_rows is None:
@@ -473,35 +481,44 @@ class Store:
             dup_rows = con.execute("SELECT _row FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
             result.add_duplicates([r for (r,) in dup_rows])
         # revisions number the arrivals; which one counts is decided below
+        previous = "0" if fresh else "coalesce(m.revision, 0)"
+        last_revisions = "" if fresh else """LEFT JOIN (SELECT prediction_id, max(revision) AS revision
+            FROM labels SEMI JOIN _ranked USING (prediction_id)
+            GROUP BY prediction_id) m USING (prediction_id)"""
         con.execute(
-            """CREATE OR REPLACE TEMP TABLE _new AS
+            f"""CREATE OR REPLACE TEMP TABLE _new AS
             SELECT n.prediction_id, n.y_true, n.label_ts,
-                coalesce(m.revision, 0) + row_number() OVER
+                {previous} + row_number() OVER
                     (PARTITION BY n.prediction_id ORDER BY n.label_ts NULLS FIRST, n._row) AS revision
             FROM (SELECT * FROM _ranked WHERE _copy = 1 AND NOT _stored) n
-            LEFT JOIN (SELECT prediction_id, max(revision) AS revision FROM labels
-                       SEMI JOIN _ranked USING (prediction_id)
-                       GROUP BY prediction_id) m USING (prediction_id)"""
+            {last_revisions}"""
         )
-        inserted = con.execute(
-            """INSERT INTO labels
-            SELECT prediction_id, y_true, label_ts, revision, false, ?, ? FROM _new""",
-            [stage.source, _now()],
-        ).fetchall()
-        result.accepted += int(inserted[0][0]) if inserted else 0
         # the current label: latest label_ts (unknown counts as oldest), then latest arrival,
         # the same rule `eval --labels FILE` applies to a file, so store and files agree
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _best AS
-            SELECT prediction_id, arg_max(revision, {{'t': coalesce(label_ts, {_OLDEST}), 'r': revision}})
-                AS revision
-            FROM labels WHERE prediction_id IN (SELECT prediction_id FROM _new)
-            GROUP BY prediction_id"""
-        )
-        con.execute(
-            """UPDATE labels SET is_current = (labels.revision = b.revision)
-            FROM _best b WHERE labels.prediction_id = b.prediction_id"""
-        )
+        best = f"""SELECT prediction_id,
+                arg_max(revision, {{'t': coalesce(label_ts, {_OLDEST}), 'r': revision}}) AS revision
+            FROM __SOURCE__ GROUP BY prediction_id"""
+        if fresh:  # the input holds every label of its ids: the current flags are known now
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _best AS {best.replace('__SOURCE__', '_new')}")
+            inserted = con.execute(
+                """INSERT INTO labels
+                SELECT n.prediction_id, n.y_true, n.label_ts, n.revision, n.revision = b.revision, ?, ?
+                FROM _new n JOIN _best b USING (prediction_id)""",
+                [stage.source, _now()],
+            ).fetchall()
+        else:
+            inserted = con.execute(
+                """INSERT INTO labels
+                SELECT prediction_id, y_true, label_ts, revision, false, ?, ? FROM _new""",
+                [stage.source, _now()],
+            ).fetchall()
+            source = "labels WHERE prediction_id IN (SELECT prediction_id FROM _new)"
+            con.execute(f"CREATE OR REPLACE TEMP TABLE _best AS {best.replace('__SOURCE__', source)}")
+            con.execute(
+                """UPDATE labels SET is_current = (labels.revision = b.revision)
+                FROM _best b WHERE labels.prediction_id = b.prediction_id"""
+            )
+        result.accepted += int(inserted[0][0]) if inserted else 0
         # revision 1: the id had no label before this commit, so its pair is new (merged into
         # the rollups); an id labeled before has a correction (its minutes are recomputed)
         segments = self._segments() if self._pair_columns is not None else []
