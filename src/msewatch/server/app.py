@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -199,7 +200,7 @@ def create_app(db: str, config: Config) -> Starlette:
         try:
             return await run_in_threadpool(_evaluate, state.reads, q)
         except InputError as exc:
-            return _error(400, str(exc))
+            return _error(400, _as_parameters(str(exc)))
 
     async def prometheus(request: Request) -> Response:
         denied = authorize(request, "read")
@@ -263,6 +264,11 @@ class _Timed:
             self.state.request_seconds.labels(route, scope.get("method", ""), str(status["code"])).observe(
                 time.perf_counter() - started
             )
+
+
+def _as_parameters(message: str) -> str:
+    """An evaluation error in HTTP terms: `--huber-delta` becomes the parameter `huber_delta`."""
+    return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 
 def _evaluate(store: Store, q: Any) -> Response:
