@@ -6,9 +6,11 @@ and centred sum of squares of r and of y. Long windows (a 28-day SLO) read these
 rescanning raw predictions, and combine them with the parallel-variance formula, so bias,
 error variance and R² keep their digits at any offset.
 
-The ingest transaction calls `refresh` with the keys it touched: their rows are recomputed
-from the raw tables, so a corrected label (a new revision) replaces its old contribution
-exactly, with no running sums to drift.
+The ingest transaction keeps them in step with what it adds. New unlabeled predictions only
+raise a minute's count (`add_predictions`); predictions that get their first label are merged
+in with the parallel formula (`add_first_labels`); anything else (a corrected label, a
+prediction whose label came first) makes `refresh` recompute the touched minutes from the raw
+tables, so a correction replaces its old contribution exactly instead of being subtracted.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ __all__ = [
     "ROLLUP_SECONDS",
     "refresh",
     "touched_by_labels",
-    "touched_by_predictions",
     "window_stats",
 ]
 
@@ -164,13 +165,6 @@ def add_first_labels(con: Any, firsts: str) -> None:
     if con.execute(f"SELECT count(*) FROM ({missing})").fetchall()[0][0]:
         refresh(con, missing)
     con.execute("DROP TABLE IF EXISTS _b")
-
-
-def touched_by_predictions(stage_table: str) -> str:
-    """Keys of the minutes that newly inserted predictions fall in."""
-    return (
-        f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {stage_table} p"
-    )
 
 
 def touched_by_labels(new_labels_table: str) -> str:
