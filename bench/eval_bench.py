@@ -44,15 +44,15 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+from _machine import describe
 
 # Keep the top-level imports to the standard library: this file is also the child process of
 # the python candidates, which import only what they need.
@@ -566,33 +566,7 @@ def compare(results: dict[str, dict[tuple, dict]], reference: str) -> tuple[list
 
 # -- report --------------------------------------------------------------------------------------
 def machine() -> str:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as fh:
-            kib = int(next(ln for ln in fh if ln.startswith("MemTotal")).split()[1])
-            mem = f", {kib / 1024**2:.1f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {os.cpu_count()} cores ({usable} usable){mem}, {cpu or platform.processor()}, "
-        f"{platform.system()} {platform.release()}\n"
-        f"python {platform.python_version()}; msewatch {version('msewatch')}, duckdb {version('duckdb')}, "
-        f"ibis-framework {version('ibis-framework')}, pandas {version('pandas')}, "
-        f"pyarrow {version('pyarrow')}, numpy {version('numpy')}"
-    )
+    return describe(("msewatch", "duckdb", "ibis-framework", "pandas", "pyarrow", "numpy"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,7 +57,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -70,8 +69,9 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
+
+from _machine import describe, loadavg
 
 # Keep the top-level imports to the standard library: this file is also the client and the
 # reference process, each importing only what it needs (httpx; duckdb + pyarrow + numpy).
@@ -326,14 +326,6 @@ def _status_mb(pid: int, key: str) -> float | None:
     except OSError:
         pass
     return None
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as fh:
-            return " ".join(fh.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def _free_port() -> int:
@@ -710,26 +702,7 @@ def print_profile(threads: dict[str, dict[str, int]], out) -> None:
 
 # -- report --------------------------------------------------------------------------------------
 def machine() -> str:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (
-        f"machine: {os.cpu_count()} cores ({usable} usable), {cpu or platform.processor()}, "
-        f"{platform.system()} {platform.release()}; load average {_loadavg()}\n"
-        f"python {platform.python_version()}; msewatch {version('msewatch')}, duckdb {version('duckdb')}, "
-        f"uvicorn {version('uvicorn')}, starlette {version('starlette')}, httpx {version('httpx')}, "
-        f"orjson {version('orjson')}, pyarrow {version('pyarrow')}"
-    )
+    return describe(("msewatch", "duckdb", "uvicorn", "starlette", "httpx", "orjson", "pyarrow"))
 
 
 def _fmt_rate(x: float) -> str:
@@ -930,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
                             "retried after Retry-After")
         if p["other_cores"] > OTHER_LOAD_WARN:
             warnings.append(f"{p['name']}: other processes used {p['other_cores']:.2f} cores meanwhile "
-                            f"(load average now {_loadavg()}); the figures are unreliable")
+                            f"(load average now {loadavg()}); the figures are unreliable")
         if p["steal_cores"] >= 0.05:
             warnings.append(f"{p['name']}: hypervisor steal {p['steal_cores']:.2f} cores")
     if args.profile:
@@ -1009,7 +982,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "warnings": warnings,
         "summary": summary,
-        "load_average_end": _loadavg(),
+        "load_average_end": loadavg(),
     }
     report(res, out)
     if args.json:
