@@ -430,28 +430,17 @@ class Store:
                 "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
             )
         # the new predictions whose label came first: usually none (one scan of the labels)
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _labeled AS SELECT i.prediction_id FROM _insert i
-            SEMI JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current"""
+        available = {*_CORE_PREDICTION_COLUMNS, *stage.extras}
+        labeled = self._keep_firsts(
+            "_insert i JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current", available
         )
-        any_labeled = con.execute("SELECT count(*) FROM _labeled").fetchall()[0][0] > 0
-        if self._pair_columns is not None and any_labeled:
-            self._pairs = self._new_pairs(
-                """_insert i SEMI JOIN _labeled USING (prediction_id)
-                JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current""",
-                "i",
-                {*_CORE_PREDICTION_COLUMNS, *stage.extras},
-            )
         if self._pair_columns is not None:
-            keys = ", ".join(
-                _q(c) if c in stage.extras or c in ("model", "version") else f"NULL::VARCHAR AS {_q(c)}"
-                for c in ["model", "version", *self._segments()]
-            )
+            keys = _columns_or_null(["model", "version", *self._segments()], available)
             self._inserted = con.sql(f"SELECT {keys}, count(*) AS n FROM _insert GROUP BY ALL").to_arrow_table()
-        rollups.add_predictions(con, "_insert", "_labeled" if any_labeled else None)
+        rollups.add_predictions(con, "_insert", "_firsts" if labeled else None)
         con.execute(
             "DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats; "
-            "DROP TABLE IF EXISTS _labeled"
+            "DROP TABLE IF EXISTS _firsts"
         )
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
@@ -521,21 +510,12 @@ class Store:
         result.accepted += int(inserted[0][0]) if inserted else 0
         # revision 1: the id had no label before this commit, so its pair is new (merged into
         # the rollups); an id labeled before has a correction (its minutes are recomputed)
-        segments = self._segments() if self._pair_columns is not None else []
-        cols = ", ".join(f"i.{_q(c)}" for c in ["model", "version", "ts", "y_pred", *segments])
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _firsts AS
-            SELECT {cols}, l.y_true, l.label_ts
-            FROM (SELECT DISTINCT prediction_id FROM _new WHERE revision = 1) n
+        if self._keep_firsts(
+            """(SELECT DISTINCT prediction_id FROM _new WHERE revision = 1) n
             JOIN predictions i ON i.prediction_id = n.prediction_id
             JOIN labels l ON l.prediction_id = n.prediction_id AND l.is_current"""
-        )
-        if self._pair_columns is not None:
-            keys = ", ".join(_q(c) for c in ["model", "version", *segments, "y_pred", "y_true"])
-            self._pairs = con.sql(
-                f"SELECT {keys}, epoch(label_ts) - epoch(ts) AS label_latency_s FROM _firsts"
-            ).to_arrow_table()
-        rollups.add_first_labels(con, "_firsts")
+        ):
+            rollups.add_first_labels(con, "_firsts")
         con.execute(
             """CREATE OR REPLACE TEMP TABLE _corrected AS SELECT prediction_id FROM _new
             GROUP BY prediction_id HAVING min(revision) > 1"""
@@ -573,20 +553,23 @@ class Store:
         stored = self._stored_columns()
         return [c for c in self._pair_columns or () if c in stored]
 
-    def _new_pairs(self, joined: str, p: str, available: set[str] | None = None) -> pa.Table:
-        """Model, version, segments, y_pred, y_true, latency of the pairs `joined` yields.
+    def _keep_firsts(self, joined: str, available: set[str] | None = None) -> int:
+        """`_firsts`: the predictions this commit gave their first label, and how many.
 
-        `available`: the columns alias `p` has, when it is not the whole predictions table (a
-        segment this input did not send is null).
+        `joined` pairs predictions `i` with their current label `l`. The table holds model,
+        version, ts, y_pred, the pair columns (null where `i` lacks one: `available` lists the
+        columns `i` has, when it is not the whole predictions table), y_true and label_ts; the
+        rollups merge it, and with pair columns asked it becomes `GroupIngest.pairs`.
         """
-        cols = ", ".join(
-            f"{p}.{_q(c)}" if available is None or c in available else f"NULL::VARCHAR AS {_q(c)}"
-            for c in ["model", "version", *self._segments(), "y_pred"]
-        )
-        return self.con.sql(
-            f"""SELECT {cols}, l.y_true, epoch(l.label_ts) - epoch({p}.ts) AS label_latency_s
-            FROM {joined}"""
-        ).to_arrow_table()
+        cols = _columns_or_null(["model", "version", "ts", "y_pred", *self._segments()], available, "i")
+        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _firsts AS SELECT {cols}, l.y_true, l.label_ts FROM {joined}")
+        count = self.con.execute("SELECT count(*) FROM _firsts").fetchall()[0][0]
+        if count and self._pair_columns is not None:
+            keys = ", ".join(_q(c) for c in ["model", "version", *self._segments(), "y_pred", "y_true"])
+            self._pairs = self.con.sql(
+                f"SELECT {keys}, epoch(label_ts) - epoch(ts) AS label_latency_s FROM _firsts"
+            ).to_arrow_table()
+        return int(count)
 
 
 class _Stage:
@@ -738,6 +721,15 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _columns_or_null(names: Sequence[str], available: set[str] | None, alias: str = "") -> str:
+    """A select list of `names`, each from `alias`, or a null text column where it is absent."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(
+        f"{prefix}{_q(c)}" if available is None or c in available else f"NULL::VARCHAR AS {_q(c)}"
+        for c in names
+    )
 
 
 def _q(name: str) -> str:

@@ -112,12 +112,8 @@ def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
                           AND r.version = a.version AND r.bucket_start = a.bucket_start)"""
     )
     con.execute("DROP TABLE IF EXISTS _added")
-    if labeled is not None:  # the ids among `inserted` that have a label
-        refresh(
-            con,
-            f"""SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {inserted} p
-            SEMI JOIN {labeled} USING (prediction_id)""",
-        )
+    if labeled is not None:  # those of `inserted` that have a label: model, version, ts
+        refresh(con, f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {labeled} p")
 
 
 def add_first_labels(con: Any, firsts: str) -> None:
