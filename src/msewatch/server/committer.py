@@ -32,7 +32,8 @@ __all__ = ["Committer", "Overloaded", "ShuttingDown"]
 
 log = logging.getLogger("msewatch.server")
 
-_CONTRACT = {n.casefold() for n in ColumnMap().source_names().values()} | {"source", "ingested_at"}
+_CONTRACT_NAMES = frozenset(ColumnMap().source_names().values())
+_CONTRACT = {n.casefold() for n in _CONTRACT_NAMES} | {"source", "ingested_at"}
 _LABEL_FIELDS = {"prediction_id", "y_true", "label_ts"}
 
 
@@ -71,6 +72,11 @@ class Committer:
         self._thread.start()
 
     @property
+    def pending_rows(self) -> int:
+        """Rows queued or being committed."""
+        return self._pending_rows
+
+    @property
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closing
 
@@ -97,7 +103,7 @@ class Committer:
             new: set[str] = set()  # new names of this request, case-folded
             for name in names:
                 folded = name.casefold()
-                if name in ColumnMap().source_names().values() or name in known:
+                if name in _CONTRACT_NAMES or name in known:
                     continue
                 if folded in _CONTRACT or folded in new or any(k.casefold() == folded for k in known):
                     drop.append(name)
