@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from msewatch.errors import InputError
+from msewatch.monitor.config import MonitorConfig, parse_monitor
 
 __all__ = ["SCOPES", "Config", "MetricsConfig", "ModelConfig", "ServerConfig", "Token", "load_config"]
 
@@ -92,6 +93,7 @@ class Config:
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     tokens: tuple[Token, ...] = ()
     path: str | None = None
+    monitor: MonitorConfig = MonitorConfig()
 
     def buckets_for(self, model: str) -> tuple[float, ...]:
         """Squared-error bucket bounds of `model`, its SLO thresholds always among them."""
@@ -101,6 +103,7 @@ class Config:
         )
         if own:
             bounds |= set(own.thresholds)
+        bounds |= {s.threshold for s in self.monitor.slos if s.model == model and s.threshold is not None}
         return tuple(sorted(bounds))
 
 
@@ -118,13 +121,16 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{p}: not valid TOML ({exc}).") from exc
-    known = {"server", "metrics", "models", "tokens"}
+    known = {"server", "metrics", "models", "tokens", "alerting", "slos", "alerts", "notifiers", "silences", "maintenance"}
     _no_unknown(data, known, "", where)
     server = _section(data, "server", ServerConfig, where)
     metrics = _metrics(data.get("metrics", {}), where)
     models = _models(data.get("models", {}), where)
     tokens = _tokens(data.get("tokens", []), env, where) + _env_tokens(env.get("MSEWATCH_TOKENS", ""))
-    return Config(server=server, metrics=metrics, models=models, tokens=tokens, path=str(path) if path else None)
+    monitor = parse_monitor(data, where)
+    return Config(
+        server=server, metrics=metrics, models=models, tokens=tokens, path=str(path) if path else None, monitor=monitor
+    )
 
 
 def _fail(where: str, key: str, value: Any, why: str) -> InputError:
