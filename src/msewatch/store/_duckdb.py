@@ -153,13 +153,42 @@ class Store:
             ) from exc
         if not read_only:
             try:
-                self.con.execute(_DDL + rollups.ROLLUP_DDL)
+                self.con.execute(_DDL)
+                self._migrate_rollups()
             except duckdb.Error as exc:  # e.g. a store written by hand with repeated ids
                 self.con.close()
                 raise StoreError(
                     f"{self.path}: cannot prepare the store's tables ({str(exc).splitlines()[0]})."
                 ) from exc
         self._attach(self.con)
+
+    def _migrate_rollups(self) -> None:
+        """Create the rollup tables, adding columns a store from an older msewatch lacks."""
+        existed = bool(self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollups' AND schema_name = 'main'"
+        ).fetchall()[0][0])
+        have = {r[0] for r in self.con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'rollups' AND schema_name = 'main'"
+        ).fetchall()}
+        missing = [sql for column, sql in rollups.ROLLUP_MIGRATIONS if existed and column not in have]
+        self.con.execute(rollups.ROLLUP_DDL)
+        if missing:
+            self.con.execute("BEGIN")
+            for sql in missing:
+                self.con.execute(sql)
+            rollups.rebuild(self.con)
+            self.con.execute("COMMIT")
+
+    def track_thresholds(self, model: str, thresholds: Sequence[float]) -> list[float]:
+        """Keep per-minute counts of squared errors ≤ each threshold of `model` (event SLOs)."""
+        self.con.execute("BEGIN")
+        try:
+            new = rollups.track_thresholds(self.con, model, list(thresholds))
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return new
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
@@ -562,7 +591,10 @@ class Store:
         rollups merge it, and with pair columns asked it becomes `GroupIngest.pairs`.
         """
         cols = _columns_or_null(["model", "version", "ts", "y_pred", *self._segments()], available, "i")
-        self.con.execute(f"CREATE OR REPLACE TEMP TABLE _firsts AS SELECT {cols}, l.y_true, l.label_ts FROM {joined}")
+        self.con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _firsts AS SELECT {cols}, l.y_true, l.label_ts, "
+            f"l.ingested_at AS label_ingested_at FROM {joined}"
+        )
         count = self.con.execute("SELECT count(*) FROM _firsts").fetchall()[0][0]
         if count and self._pair_columns is not None:
             keys = ", ".join(_q(c) for c in ["model", "version", *self._segments(), "y_pred", "y_true"])

@@ -24,8 +24,11 @@ __all__ = [
     "add_first_labels",
     "add_predictions",
     "ROLLUP_SECONDS",
+    "ROLLUP_MIGRATIONS",
+    "rebuild",
     "refresh",
     "touched_by_labels",
+    "track_thresholds",
     "window_stats",
 ]
 
@@ -45,9 +48,32 @@ CREATE TABLE IF NOT EXISTS rollups (
     mean_r DOUBLE,
     m2_r DOUBLE,
     mean_y DOUBLE,
-    m2_y DOUBLE
+    m2_y DOUBLE,
+    m2_sq DOUBLE,
+    last_label_at TIMESTAMPTZ
+);
+CREATE TABLE IF NOT EXISTS slo_thresholds (
+    model VARCHAR NOT NULL,
+    threshold DOUBLE NOT NULL,
+    PRIMARY KEY (model, threshold)
+);
+CREATE TABLE IF NOT EXISTS rollup_good (
+    model VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    bucket_start TIMESTAMPTZ NOT NULL,
+    threshold DOUBLE NOT NULL,
+    n_good BIGINT NOT NULL,
+    PRIMARY KEY (model, version, bucket_start, threshold)
 );
 """
+
+# stores written before these columns existed get them, then `rebuild` fills them in
+ROLLUP_MIGRATIONS = (
+    ("m2_sq", "ALTER TABLE rollups ADD COLUMN m2_sq DOUBLE"),
+    ("last_label_at", "ALTER TABLE rollups ADD COLUMN last_label_at TIMESTAMPTZ"),
+)
+
+_LABEL_TIME = "coalesce(l.label_ts, l.ingested_at)"
 
 _BUCKET = f"to_timestamp(floor(epoch(p.ts) / {ROLLUP_SECONDS}) * {ROLLUP_SECONDS})"
 
@@ -69,7 +95,7 @@ def refresh(con: Any, touched_sql: str) -> None:
         f"""INSERT INTO rollups
         WITH joined AS (
             SELECT p.model, p.version, {_BUCKET} AS bucket_start,
-                   l.y_true, p.y_pred - l.y_true AS r
+                   l.y_true, p.y_pred - l.y_true AS r, {_LABEL_TIME} AS label_time
             FROM predictions p
             JOIN _touched t ON p.model = t.model AND p.version = t.version
                 AND {_BUCKET} = t.bucket_start
@@ -81,11 +107,68 @@ def refresh(con: Any, touched_sql: str) -> None:
             count(y_true) AS n_labeled,
             sum(r * r), sum(abs(r)), sum(abs(r) / greatest(abs(y_true), {EPSILON!r})),
             sum(CASE WHEN abs(r) <= 1.0 THEN 0.5 * r * r ELSE abs(r) - 0.5 END),
-            avg(r), var_pop(r) * count(r), avg(y_true), var_pop(y_true) * count(y_true)
+            avg(r), var_pop(r) * count(r), avg(y_true), var_pop(y_true) * count(y_true),
+            var_pop(r * r) * count(r), max(label_time)
         FROM joined GROUP BY ALL""",
         {"lo": lo, "hi": hi},
     )
+    if _has_thresholds(con):
+        con.execute(
+            """DELETE FROM rollup_good USING _touched t
+            WHERE rollup_good.model = t.model AND rollup_good.version = t.version
+              AND rollup_good.bucket_start = t.bucket_start"""
+        )
+        con.execute(
+            f"""INSERT INTO rollup_good
+            SELECT p.model, p.version, {_BUCKET} AS bucket_start, s.threshold,
+                   count(*) FILTER (WHERE (p.y_pred - l.y_true) * (p.y_pred - l.y_true) <= s.threshold)
+            FROM predictions p
+            JOIN _touched t ON p.model = t.model AND p.version = t.version AND {_BUCKET} = t.bucket_start
+            JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
+            JOIN slo_thresholds s ON s.model = p.model
+            WHERE p.ts >= $lo AND p.ts < $hi + INTERVAL {ROLLUP_SECONDS} SECOND
+            GROUP BY ALL""",
+            {"lo": lo, "hi": hi},
+        )
     con.execute("DROP TABLE IF EXISTS _touched")
+
+
+def _has_thresholds(con: Any) -> bool:
+    return bool(con.execute("SELECT count(*) FROM slo_thresholds").fetchall()[0][0])
+
+
+def rebuild(con: Any, model: str | None = None) -> None:
+    """Recompute every rollup row (of `model`) from the raw tables."""
+    where = "WHERE p.model = $model" if model is not None else ""
+    touched = f"SELECT DISTINCT p.model, p.version, {_BUCKET} AS bucket_start FROM predictions p {where}"
+    if model is not None:
+        touched = touched.replace("$model", "'" + model.replace("'", "''") + "'")
+    refresh(con, touched)
+
+
+def track_thresholds(con: Any, model: str, thresholds: list[float]) -> list[float]:
+    """Count good events (squared error ≤ τ) per minute for each τ of `model` from now on.
+
+    A threshold seen for the first time is backfilled from the raw tables once; after that the
+    ingest transactions keep its counts in step. Returns the thresholds that were new.
+    """
+    known = {t for (t,) in con.execute("SELECT threshold FROM slo_thresholds WHERE model = $m", {"m": model}).fetchall()}
+    new = sorted({float(t) for t in thresholds} - known)
+    if not new:
+        return []
+    con.execute("INSERT INTO slo_thresholds SELECT $m, unnest($t::DOUBLE[])", {"m": model, "t": new})
+    con.execute(
+        f"""INSERT INTO rollup_good
+        SELECT p.model, p.version, {_BUCKET} AS bucket_start, s.threshold,
+               count(*) FILTER (WHERE (p.y_pred - l.y_true) * (p.y_pred - l.y_true) <= s.threshold)
+        FROM predictions p
+        JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
+        JOIN (SELECT unnest($t::DOUBLE[]) AS threshold) s ON true
+        WHERE p.model = $m
+        GROUP BY ALL""",
+        {"m": model, "t": new},
+    )
+    return new
 
 
 def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
@@ -119,7 +202,7 @@ def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
 def add_first_labels(con: Any, firsts: str) -> None:
     """Merge predictions that just got their first label into their minutes' statistics.
 
-    `firsts` has model, version, ts, y_pred, y_true. Counts and sums add; means and centred
+    `firsts` has model, version, ts, y_pred, y_true, label_ts and label_ingested_at. Counts and sums add; means and centred
     sums of squares combine with the parallel formula (Chan et al.), the same merge
     `ErrorStats.merge` does. A minute with no row yet is recomputed from the raw tables.
     """
@@ -128,11 +211,21 @@ def add_first_labels(con: Any, firsts: str) -> None:
         SELECT model, version, bucket_start, count(*)::DOUBLE AS n,
             sum(r * r) AS sq, sum(abs(r)) AS ab, sum(abs(r) / greatest(abs(y), {EPSILON!r})) AS ape,
             sum(CASE WHEN abs(r) <= 1.0 THEN 0.5 * r * r ELSE abs(r) - 0.5 END) AS hub,
-            avg(r) AS mr, var_pop(r) * count(*) AS m2r, avg(y) AS my, var_pop(y) * count(*) AS m2y
+            avg(r) AS mr, var_pop(r) * count(*) AS m2r, avg(y) AS my, var_pop(y) * count(*) AS m2y,
+            avg(r * r) AS msq, var_pop(r * r) * count(*) AS m2sq, max(lt) AS last_label_at
         FROM (SELECT p.model, p.version, {_BUCKET} AS bucket_start, p.y_pred - p.y_true AS r,
-                     p.y_true AS y FROM {firsts} p)
+                     p.y_true AS y, coalesce(p.label_ts, p.label_ingested_at) AS lt FROM {firsts} p)
         GROUP BY ALL"""
     )
+    if _has_thresholds(con):
+        con.execute(
+            f"""INSERT INTO rollup_good
+            SELECT p.model, p.version, {_BUCKET} AS bucket_start, s.threshold,
+                   count(*) FILTER (WHERE (p.y_pred - p.y_true) * (p.y_pred - p.y_true) <= s.threshold)
+            FROM {firsts} p JOIN slo_thresholds s ON s.model = p.model
+            GROUP BY ALL
+            ON CONFLICT DO UPDATE SET n_good = rollup_good.n_good + EXCLUDED.n_good"""
+        )
     # right-hand sides read the values before the update
     con.execute(
         """UPDATE rollups SET
@@ -150,7 +243,12 @@ def add_first_labels(con: Any, firsts: str) -> None:
                 ELSE rollups.mean_y + (b.my - rollups.mean_y) * b.n / (rollups.n_labeled + b.n) END,
             m2_y = CASE WHEN rollups.n_labeled = 0 THEN b.m2y
                 ELSE rollups.m2_y + b.m2y + (b.my - rollups.mean_y) * (b.my - rollups.mean_y)
-                     * rollups.n_labeled * b.n / (rollups.n_labeled + b.n) END
+                     * rollups.n_labeled * b.n / (rollups.n_labeled + b.n) END,
+            m2_sq = CASE WHEN rollups.n_labeled = 0 THEN b.m2sq
+                ELSE rollups.m2_sq + b.m2sq
+                     + (b.msq - rollups.sum_sq / rollups.n_labeled) * (b.msq - rollups.sum_sq / rollups.n_labeled)
+                     * rollups.n_labeled * b.n / (rollups.n_labeled + b.n) END,
+            last_label_at = greatest(rollups.last_label_at, b.last_label_at)
         FROM _b b
         WHERE rollups.model = b.model AND rollups.version = b.version
           AND rollups.bucket_start = b.bucket_start"""
