@@ -58,6 +58,8 @@ class EvalSpec:
     model: str | None = None
     version: str | None = None
     huber_delta: float = 1.0
+    #: add mse_se, mae_se and bias_se: standard errors of the means (sample std / √n)
+    standard_errors: bool = False
 
     def __post_init__(self) -> None:
         if self.window and self.rolling:
@@ -270,6 +272,10 @@ def evaluation_expr(
         "huber": ibis.ifelse(abs_r <= delta, 0.5 * sq, delta * (abs_r - 0.5 * delta)).mean(),
         "_q": sq.quantile([q for _, q in QUANTILES]),
     }
+    if spec.standard_errors:
+        metrics["_sd_sq"] = sq.std(how="sample")
+        metrics["_sd_abs"] = abs_r.std(how="sample")
+        metrics["_sd_r"] = r.std(how="sample")
     if has_latency:
         label_ts = data.label_ts if valid is None else ibis.ifelse(valid, data.label_ts, ibis.null(UTC))
         latency = epoch_seconds(label_ts, dialect) - epoch_seconds(data.ts, dialect)
@@ -307,6 +313,11 @@ def evaluation_expr(
     out["huber"] = agg.huber
     for i, (name, _) in enumerate(QUANTILES):
         out[name] = agg._q[i]
+    if spec.standard_errors:
+        root_n = agg.n_labeled.cast("float64").sqrt()
+        out["mse_se"] = agg._sd_sq / root_n
+        out["mae_se"] = agg._sd_abs / root_n
+        out["bias_se"] = agg._sd_r / root_n
     if has_latency:
         out["label_latency_p50_s"] = agg._lat[0]
         out["label_latency_p90_s"] = agg._lat[1]
