@@ -328,6 +328,49 @@ def demo_command(db: str, seed: int, fmt: str, serve: bool, port: int, replay_se
     run_demo(db, seed=seed, fmt=fmt, echo=click.echo)
 
 
+# -- rules ---------------------------------------------------------------------------------------
+@cli.command("rules")
+@click.option("--config", "config_path", default=None, metavar="FILE", help="msewatch.toml with the [[slos]] to write rules for.")
+@click.option("--out", default=None, metavar="FILE", help="Write the rule file here [default: stdout].")
+def rules_command(config_path: str | None, out: str | None) -> None:
+    """Write Prometheus recording and alert rules for the SLOs of msewatch.toml.
+
+    \b
+    The rule file works over the series of `msewatch serve`'s /metrics:
+      recording rules  MSE and RMSE per model and version over 5m and 1h
+                       (model_version:msewatch_squared_error:mse_rate5m, …), and per event SLO
+                       the error ratio and labeled count over each burn-rate window
+                       (model:msewatch_slo_errors:ratio_rate1h{slo="…"}, …)
+      alert rules      MsewatchErrorBudgetBurn, one per burn tier of each event SLO: the SRE
+                       Workbook's multiwindow, multi-burn-rate alerts (default tiers: page at
+                       14.4x over 1h and 5m or 6x over 6h and 30m, ticket at 3x over 1d and 2h
+                       or 1x over 3d and 6h), with severity, slo and model labels and a runbook
+    Window SLOs (kind = "window") cannot be expressed over Prometheus counters: they are left
+    out with a note on stderr (msewatch serve evaluates them). A config without event SLOs is
+    an error. Check the output with `promtool check rules FILE`.
+    """
+    from msewatch.config import load_config
+    from msewatch.monitor.promrules import prometheus_rules, render_rules, rules_notes, write_rules
+
+    config = load_config(config_path)
+    if out:
+        write_rules(config, out)
+    else:
+        click.echo(render_rules(config), nl=False)
+    for warning in config.monitor.warnings:
+        click.echo(f"msewatch: warning: {warning}", err=True)
+    for note in rules_notes(config):
+        click.echo(f"msewatch: note: {note}", err=True)
+    if out:
+        rules = [r for g in prometheus_rules(config)["groups"] for r in g["rules"]]
+        alerts = sum("alert" in r for r in rules)
+        click.echo(f"msewatch: wrote {out}: {len(rules) - alerts} recording rules, {alerts} alerts", err=True)
+
+
+# the guardrail commands (baseline, slo, alerts, silence) register themselves on `cli`
+from msewatch import cli_monitor as _cli_monitor  # noqa: E402,F401
+
+
 def main() -> None:
     """Entry point: domain errors become one line on stderr and exit status 2."""
     try:

@@ -68,14 +68,14 @@ from msewatch.errors import InputError
 from msewatch.units import format_duration, parse_duration, parse_instant
 
 __all__ = [
+    "DEFAULT_TIERS",
+    "RULE_TYPES",
     "AlertRule",
     "AlertingConfig",
     "BurnTier",
-    "DEFAULT_TIERS",
     "Maintenance",
     "MonitorConfig",
     "Notifier",
-    "RULE_TYPES",
     "Silence",
     "Slo",
     "parse_monitor",
@@ -407,7 +407,6 @@ def _slo(item: dict[str, Any], key: str, where: str, warnings: list[str]) -> Slo
 def _version(item: Mapping[str, Any], key: str, where: str) -> None:
     if "version" in item:
         raise _fail(where, f"{key}.version", item["version"], "expected a string")
-    return None
 
 
 def _rule(item: dict[str, Any], key: str, where: str) -> AlertRule:

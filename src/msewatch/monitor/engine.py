@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,10 +124,10 @@ class Monitor:
 
     def _load_book(self) -> dict[str, Alert]:
         out = {}
-        for fp, state, labels, annotations, value, since, starts, ends, updated, for_s in self.con.execute(
+        for fp, state, labels, notes, value, since, starts, ends, updated, for_s in self.con.execute(
             "SELECT * FROM alert_state"
         ).fetchall():
-            out[fp] = Alert(json.loads(labels), json.loads(annotations), state, since, value, starts, ends, updated, for_s)
+            out[fp] = Alert(json.loads(labels), json.loads(notes), state, since, value, starts, ends, updated, for_s)
         return out
 
     # ------------------------------------------------------------------ reading
@@ -218,9 +219,7 @@ class Monitor:
 
 
 def _finite(value: float | None) -> float | None:
-    if value is None:
-        return None
-    return value if value == value and abs(value) != float("inf") else None
+    return value if value is not None and math.isfinite(value) else None
 
 
 # ---------------------------------------------------------------------- silences in the store

@@ -15,8 +15,8 @@ and all = `msewatch_squared_error_count`, exactly; the `le` value is spelled by 
 the exposition uses (`floatToGoString`: 25 → "25.0", 1e6 → "1e+06").
 
 Alerts follow the SRE Workbook's multiwindow, multi-burn-rate policy (chapter 5): a tier fires
-while the error ratio is above `factor × (1 − objective)` over both its long and its short
-window. As the Workbook recommends for this policy, the alerts have **no `for` clause**: the
+while the error ratio is at least `factor × (1 − objective)` (burn rate ≥ factor, as in
+`msewatch.monitor.slo`) over both its long and its short window. As the Workbook recommends for this policy, the alerts have **no `for` clause**: the
 long window already demands a sustained burn (14.4× over 1h spends 2% of a 30-day budget), the
 short window makes the alert resolve within minutes of recovery, and a `for` would only delay
 detection by as much again. As in the server, a window with fewer than `min_labels` labeled
@@ -199,8 +199,8 @@ def _alert(config: Config, slo: Slo, tier: BurnTier) -> dict[str, Any]:
     sel = f"{{slo={_quote(slo.name)}}}"
     limit = f"({_num(tier.factor)} * (1 - {_num(slo.objective)}))"
     expr = (
-        f"{_RATIO.format(w=long)}{sel} > {limit}\n"
-        f"and\n{_RATIO.format(w=short)}{sel} > {limit}\n"
+        f"{_RATIO.format(w=long)}{sel} >= {limit}\n"
+        f"and\n{_RATIO.format(w=short)}{sel} >= {limit}\n"
         f"and\n{_EVENTS.format(w=long)}{sel} >= {slo.min_labels}\n"
         f"and\n{_EVENTS.format(w=short)}{sel} >= {slo.min_labels}\n"
     )
@@ -217,7 +217,7 @@ def _alert(config: Config, slo: Slo, tier: BurnTier) -> dict[str, Any]:
         ),
         "description": (
             f"{{{{ $value | humanizePercentage }}}} of the labeled predictions of {who} had a squared "
-            f"error above {_num(slo.threshold)} over the last {long}, and more than "
+            f"error above {_num(slo.threshold)} over the last {long}, and at least "
             f"{_pct(tier.factor * budget)} over the last {short} too; the SLO allows {_pct(budget)} "
             f"({_pct(slo.objective)} good over {period}). At {_num(tier.factor)}x the whole {period} "
             f"budget lasts {_span(slo.period / tier.factor)}; the last {long} alone spent "
@@ -273,7 +273,7 @@ def _quote(text: str) -> str:
 def _num(x: float) -> str:
     """The shortest exact spelling of a number: 6.0 → '6', 14.4 → '14.4'."""
     r = repr(float(x))
-    return r[:-2] if r.endswith(".0") else r
+    return r.removesuffix(".0")
 
 
 def _pct(share: float) -> str:

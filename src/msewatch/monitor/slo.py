@@ -29,7 +29,7 @@ from msewatch.monitor.config import BurnTier, Slo
 from msewatch.monitor.series import MINUTE, MinuteSeries
 from msewatch.units import format_duration
 
-__all__ = ["BURN_WINDOWS", "SloStatus", "TierStatus", "evaluate_slo", "slo_findings", "series_span"]
+__all__ = ["BURN_WINDOWS", "SloStatus", "TierStatus", "evaluate_slo", "series_span", "slo_findings"]
 
 BURN_WINDOWS = (300, 1800, 3600, 7200, 6 * 3600, 86400, 3 * 86400)
 
@@ -59,6 +59,7 @@ class SloStatus:
     burn_rates: dict[int, float | None]
     tiers: tuple[TierStatus, ...]
     coverage: float | None  # label coverage over the period
+    daily_burn: tuple[float | None, ...] = ()  # burn rate of each day of the period, oldest first
 
     @property
     def compliance(self) -> float | None:
@@ -84,6 +85,7 @@ class SloStatus:
             "budget_remaining": self.budget_remaining,
             "label_coverage": self.coverage,
             "burn_rates": {format_duration(w): b for w, b in self.burn_rates.items()},
+            "daily_burn": list(self.daily_burn),
             "tiers": [
                 {"severity": t.tier.severity, "factor": t.tier.factor, "long": format_duration(t.tier.long),
                  "short": format_duration(t.tier.short), "long_burn": t.long_burn, "short_burn": t.short_burn,
@@ -173,7 +175,8 @@ def evaluate_slo(slo: Slo, series: MinuteSeries, at: float) -> SloStatus:
     burns = {w: _burn(slo, series, end, w) for w in windows}
     tiers = tuple(TierStatus(t, burns[t.long], burns[t.short]) for t in slo.tiers)
     period = series.sums(since, end)
-    return SloStatus(slo, at, end, good, bad, remaining, burns, tiers, period.coverage)
+    days = tuple(_burn(slo, series, end - k * 86400, 86400) for k in range(slo.period // 86400 - 1, -1, -1))
+    return SloStatus(slo, at, end, good, bad, remaining, burns, tiers, period.coverage, days)
 
 
 def slo_findings(status: SloStatus) -> list[Finding]:

@@ -34,6 +34,7 @@ from msewatch.server.bodies import BodyError, parse_body
 from msewatch.server.committer import Committer, Overloaded, ShuttingDown
 from msewatch.server.exposition import QualityCollector
 from msewatch.server.openapi import openapi_document
+from msewatch.server.watch import MonitorLoop
 from msewatch.store import Store
 
 __all__ = ["create_app"]
@@ -41,7 +42,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("msewatch.server")
 
 RETRY_AFTER_SECONDS = 1
-_ROUTES = ("/v1/predictions", "/v1/labels", "/v1/metrics", "/metrics", "/healthz", "/readyz", "/openapi.json")
+_ROUTES = ("/v1/predictions", "/v1/labels", "/v1/metrics", "/v1/alerts", "/v1/slo", "/v1/silences", "/metrics",
+           "/healthz", "/readyz", "/openapi.json")
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -72,13 +74,20 @@ class _State:
         self.store: Store | None = None
         self.reads: Store | None = None  # a connection kept for handing out read cursors
         self.committer: Committer | None = None
+        self.watch: MonitorLoop | None = None
 
     def open(self) -> None:
         self.store = Store(self.db)
         self.reads = self.store.reader()
+        # before the committer starts: the monitor registers its SLO thresholds in the store
+        self.watch = MonitorLoop(self.store, self.config)
+        self.registry.register(self.watch)
         self.committer = Committer(self.store, self.config, self.collector)
+        self.watch.start()
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         if self.reads is not None:
             self.reads.close()
         if self.committer is not None:
@@ -202,6 +211,62 @@ def create_app(db: str, config: Config) -> Starlette:
         except InputError as exc:
             return _error(400, _as_parameters(str(exc)))
 
+    async def alerts_v1(request: Request) -> Response:
+        denied = authorize(request, "read")
+        if denied:
+            return denied
+        if state.watch is None:
+            return _error(503, "not ready")
+        wanted = request.query_params.get("state", "active")
+        keep = {"active": ("pending", "firing"), "all": ("pending", "firing", "resolved")}.get(wanted, (wanted,))
+        if wanted not in ("active", "all", "pending", "firing", "resolved"):
+            return _error(400, "state must be one of active, all, pending, firing, resolved")
+        return _json({"alerts": await run_in_threadpool(_alerts, state.watch, keep)})
+
+    async def slo_v1(request: Request) -> Response:
+        denied = authorize(request, "read")
+        if denied:
+            return denied
+        if state.watch is None:
+            return _error(503, "not ready")
+        return _json({"slos": await run_in_threadpool(_slos, state.watch)})
+
+    async def silences_v1(request: Request) -> Response:
+        if request.method == "GET":
+            denied = authorize(request, "read")
+            if denied:
+                return denied
+        else:
+            denied = authorize(request, "admin")
+            if denied:
+                return denied
+        if state.watch is None:
+            return _error(503, "not ready")
+        if request.method == "GET":
+            return _json({"silences": await run_in_threadpool(_silences, state.watch)})
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            created = await run_in_threadpool(_add_silence, state.watch, body)
+        except InputError as exc:
+            return _error(400, str(exc))
+        return _json(created, 201)
+
+    async def silence_v1(request: Request) -> Response:
+        denied = authorize(request, "admin")
+        if denied:
+            return denied
+        if state.watch is None:
+            return _error(503, "not ready")
+        try:
+            silence_id = int(request.path_params["silence_id"])
+        except ValueError:
+            return _error(404, "no such silence")
+        if not await run_in_threadpool(_expire_silence, state.watch, silence_id):
+            return _error(404, f"no silence with id {silence_id}")
+        return _json({"id": silence_id, "expired": True})
+
     async def prometheus(request: Request) -> Response:
         denied = authorize(request, "read")
         if denied:
@@ -223,6 +288,10 @@ def create_app(db: str, config: Config) -> Starlette:
         Route("/v1/predictions", ingest("predictions"), methods=["POST"]),
         Route("/v1/labels", ingest("labels"), methods=["POST"]),
         Route("/v1/metrics", metrics_v1, methods=["GET"]),
+        Route("/v1/alerts", alerts_v1, methods=["GET"]),
+        Route("/v1/slo", slo_v1, methods=["GET"]),
+        Route("/v1/silences", silences_v1, methods=["GET", "POST"]),
+        Route("/v1/silences/{silence_id}", silence_v1, methods=["DELETE"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
@@ -293,3 +362,73 @@ def _evaluate(store: Store, q: Any) -> Response:
         reader.close()
     text = render(result.rows, spec.output_columns(result.rows), "json")
     return Response(text, media_type="application/json")
+
+
+def _alerts(watch: MonitorLoop, keep: tuple[str, ...]) -> list[dict[str, Any]]:
+    import datetime as dt
+
+    with watch.lock:
+        now = dt.datetime.now(dt.timezone.utc)
+        silences = watch.monitor.silences(now)
+        return [
+            a.to_dict() | {"muted_by": watch.monitor.muted_by(a, now, silences)}
+            for a in watch.monitor.book.alerts.values() if a.state in keep
+        ]
+
+
+def _slos(watch: MonitorLoop) -> list[dict[str, Any]]:
+    import datetime as dt
+
+    with watch.lock:
+        return [s.to_dict() for s in watch.monitor.slo_statuses(dt.datetime.now(dt.timezone.utc))]
+
+
+def _silences(watch: MonitorLoop) -> list[dict[str, Any]]:
+    from msewatch.monitor.engine import list_silences
+
+    with watch.lock:
+        return list_silences(watch.cursor.con)
+
+
+def _add_silence(watch: MonitorLoop, body: bytes) -> dict[str, Any]:
+    import datetime as dt
+
+    from msewatch.monitor.engine import add_silence
+    from msewatch.units import parse_duration, parse_instant
+
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InputError("the body must be a JSON object") from None
+    if not isinstance(doc, dict):
+        raise InputError("the body must be a JSON object")
+    unknown = set(doc) - {"matchers", "starts", "ends", "duration", "comment"}
+    if unknown:
+        raise InputError(f"unknown field {sorted(unknown)[0]!r}")
+    matchers = doc.get("matchers")
+    if (not isinstance(matchers, dict) or not matchers
+            or not all(isinstance(k, str) and k.isidentifier() and isinstance(v, str) for k, v in matchers.items())):
+        raise InputError("matchers must be a non-empty object of label names to string values")
+    comment = doc.get("comment", "")
+    if not isinstance(comment, str) or len(comment) > 1024:
+        raise InputError("comment must be a string of at most 1024 characters")
+    starts = parse_instant(str(doc["starts"]), option="starts") if "starts" in doc else dt.datetime.now(dt.timezone.utc)
+    if ("ends" in doc) == ("duration" in doc):
+        raise InputError("give ends or duration (one of them)")
+    if "ends" in doc:
+        ends = parse_instant(str(doc["ends"]), option="ends")
+    else:
+        ends = starts + dt.timedelta(seconds=parse_duration(str(doc["duration"]), option="duration"))
+    if ends <= starts:
+        raise InputError("the silence must end after it starts")
+    with watch.lock:
+        silence_id = add_silence(watch.cursor.con, matchers, starts, ends, comment=comment, created_by="api")
+    return {"id": silence_id, "matchers": matchers, "starts": starts.isoformat(), "ends": ends.isoformat(),
+            "comment": comment}
+
+
+def _expire_silence(watch: MonitorLoop, silence_id: int) -> bool:
+    from msewatch.monitor.engine import expire_silence
+
+    with watch.lock:
+        return expire_silence(watch.cursor.con, silence_id)

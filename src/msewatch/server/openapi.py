@@ -105,6 +105,99 @@ def _ingest(kind: str, schema: str) -> dict[str, Any]:
     }
 
 
+def _object_answer(key: str, text: str) -> dict[str, Any]:
+    return {
+        "description": text,
+        "content": {"application/json": {"schema": {
+            "type": "object", "required": [key],
+            "properties": {key: {"type": "array", "items": {"type": "object"}}},
+        }}},
+    }
+
+
+def _read_errors() -> dict[str, Any]:
+    return {
+        "401": _error_response("missing or invalid token"),
+        "403": _error_response("the token lacks the read scope"),
+        "503": _error_response("not ready"),
+    }
+
+
+def _admin_errors() -> dict[str, Any]:
+    return {
+        "401": _error_response("missing or invalid token"),
+        "403": _error_response("the token lacks the admin scope"),
+        "503": _error_response("not ready"),
+    }
+
+
+_SILENCE = {
+    "type": "object",
+    "required": ["matchers"],
+    "additionalProperties": False,
+    "properties": {
+        "matchers": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "string"},
+                     "description": "alert labels that must all match, e.g. {\"model\": \"price\"}"},
+        "starts": {"type": "string", "description": "ISO 8601 or epoch seconds; default now"},
+        "ends": {"type": "string", "description": "ISO 8601 or epoch seconds (or give duration)"},
+        "duration": {"type": "string", "description": "2h, 1d… from starts (or give ends)"},
+        "comment": {"type": "string", "maxLength": 1024},
+    },
+}
+
+
+def _monitor_paths() -> dict[str, Any]:
+    return {
+        "/v1/alerts": {
+            "get": {
+                "summary": "Alerts as the last evaluation left them, with runbooks and what mutes them",
+                "security": [{"bearer": ["read"]}, {}],
+                "parameters": [_query("state", "active (default), all, pending, firing or resolved")],
+                "responses": {"200": _object_answer("alerts", "alerts"), "400": _error_response("a bad parameter"),
+                              **_read_errors()},
+            }
+        },
+        "/v1/slo": {
+            "get": {
+                "summary": "Every SLO: budget remaining, burn rates over 5m…3d, firing tiers",
+                "security": [{"bearer": ["read"]}, {}],
+                "responses": {"200": _object_answer("slos", "SLO statuses"), **_read_errors()},
+            }
+        },
+        "/v1/silences": {
+            "get": {
+                "summary": "Silences added through the API or the CLI",
+                "security": [{"bearer": ["read"]}, {}],
+                "responses": {"200": _object_answer("silences", "silences"), **_read_errors()},
+            },
+            "post": {
+                "summary": "Add a silence (admin scope)",
+                "security": [{"bearer": ["admin"]}, {}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _SILENCE}}},
+                "responses": {
+                    "201": {"description": "created", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}}}},
+                    "400": _error_response("a bad silence"),
+                    "413": _error_response("body over the limit"),
+                    **_admin_errors(),
+                },
+            },
+        },
+        "/v1/silences/{silence_id}": {
+            "delete": {
+                "summary": "Expire a silence now (admin scope)",
+                "security": [{"bearer": ["admin"]}, {}],
+                "parameters": [{"name": "silence_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "expired", "content": {"application/json": {"schema": {"type": "object"}}}},
+                    "404": _error_response("no such silence"),
+                    **_admin_errors(),
+                },
+            }
+        },
+    }
+
+
 def _query(name: str, text: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
 
@@ -154,6 +247,7 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            **_monitor_paths(),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus text exposition",
