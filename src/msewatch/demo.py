@@ -1,9 +1,12 @@
 """`msewatch demo`: a seeded production scenario, ingested and evaluated like real data.
 
 A pricing model serves four regions for three weeks. Labels (the realised price) arrive hours
-to days after each prediction, some never, and a few are corrected later. From day 10 a data
-drift degrades one region; on day 15 version v2 takes a share of traffic and is worse. The
-scenario goes through the same code paths as `msewatch ingest` and `msewatch eval`.
+to days after each prediction, some never, and a few are corrected later; on day 7 the label
+pipeline stops for 18 hours. From day 10 a data drift degrades one region; on day 15 version v2
+takes a share of traffic and is worse. The scenario is ingested day by day, as it would have
+arrived, through the same code paths as `msewatch ingest`, and the guardrails (SLOs and alert
+rules of `DEMO_MONITOR_CONFIG`) are evaluated at the end of every day, as `msewatch alerts
+evaluate` run from cron would; the evaluation goes through `msewatch eval`'s code path.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class Scenario:
     v2_share: float = 0.3
     never_labeled: float = 0.07
     corrected: float = 0.01
+    # the label pipeline stops on day 7 at 14:00 for 18 hours; what it held arrives on recovery
+    label_outage_day: int = 7
+    label_outage_start_hour: int = 14
+    label_outage_hours: int = 18
 
 
 def write_scenario(out_dir: Path, scenario: Scenario = Scenario(), seed: int = 7) -> dict[str, Path]:
@@ -91,6 +98,10 @@ def write_scenario(out_dir: Path, scenario: Scenario = Scenario(), seed: int = 7
     # ends "now", so recent predictions are not labeled yet
     delay = rng.lognormal(mean=np.log(5 * 3600), sigma=1.1, size=n)
     label_t = t + delay
+    outage_start = start + scenario.label_outage_day * DAY + scenario.label_outage_start_hour * 3600
+    outage_end = outage_start + scenario.label_outage_hours * 3600
+    held = (label_t >= outage_start) & (label_t < outage_end)
+    label_t = np.where(held, outage_end + rng.uniform(0, 3600, n), label_t)
     now = start + scenario.days * DAY
     labeled = (rng.random(n) >= scenario.never_labeled) & (label_t <= now)
     order = np.argsort(label_t[labeled])
@@ -110,12 +121,15 @@ def write_scenario(out_dir: Path, scenario: Scenario = Scenario(), seed: int = 7
             )
     # corrections: a labelling job re-measures a few prices a day later (backfill, M7)
     fix = idx[rng.random(idx.size) < scenario.corrected]
-    fix = fix[label_t[fix] + DAY <= now]
+    fix_t = label_t[fix] + DAY
+    fix_t = np.where((fix_t >= outage_start) & (fix_t < outage_end), outage_end + rng.uniform(0, 3600, fix.size), fix_t)
+    keep = fix_t <= now
+    fix, fix_t = fix[keep], fix_t[keep]
     corrections = pa.table(
         {
             "prediction_id": ids[fix],
             "y_true": np.round(truth[fix] + rng.normal(0, 0.5, fix.size), 4),
-            "label_ts": [_iso(x) for x in label_t[fix] + DAY],
+            "label_ts": [_iso(x) for x in fix_t],
         }
     )
     paths["corrections"] = out_dir / "label-corrections.csv"
@@ -138,15 +152,14 @@ def run_demo(
             stale.unlink()
     files = write_scenario(db_path.with_name(db_path.stem + "-files"), scenario, seed)
     text = fmt == "text"
+    config_path = files["predictions"].parent / "msewatch.toml"
+    config_path.write_text(DEMO_MONITOR_CONFIG, encoding="utf-8")
     with Store(db_path) as store:
-        ingested = {}
-        for kind, name in (("predictions", "predictions"), ("labels", "labels"), ("labels", "corrections")):
-            result = store.ingest_file(kind, files[name])  # type: ignore[arg-type]
-            ingested[name] = result.summary()
-            if text:
-                s = result.summary()
+        ingested, guardrails = _replay(store, files, scenario, config_path)
+        if text:
+            for name, s in ingested.items():
                 echo(
-                    f"ingested {files[name]}: {s['accepted']} accepted, "
+                    f"ingested {files[name]} day by day: {s['accepted']} accepted, "
                     f"{s['duplicates']} duplicates, {s['rejected']} rejected"
                 )
         source = from_store(store)
@@ -177,6 +190,7 @@ def run_demo(
         "files": {k: str(v) for k, v in files.items()},
         "ingested": ingested,
         "findings": findings,
+        "guardrails": guardrails,
         "daily_by_region": daily_region,
         "daily_by_version": daily_version,
         "daily": daily,
@@ -186,6 +200,113 @@ def run_demo(
     else:
         echo(orjson.dumps(report).decode())
     return report
+
+
+DEMO_MONITOR_CONFIG = """\
+# The guardrails of `msewatch demo` (see the README's Guardrails section).
+[alerting]
+interval = "30s"
+
+[[slos]]
+name = "pricing-accuracy"
+model = "pricing"
+kind = "event"
+threshold = 6.63          # a prediction is good when its squared error is at most 6.63 (2.58 σ)
+objective = 0.98
+period = "28d"
+min_labels = 30
+
+[[alerts]]
+name = "PricingMSERegression"
+type = "delta_mse"
+model = "pricing"
+severity = "page"
+window = "1d"
+max_increase_pct = 15
+min_n = 500
+
+[[alerts]]
+name = "PricingCohortRegression"
+type = "cohort_regression"
+model = "pricing"
+by = "region"
+severity = "ticket"
+window = "1d"
+max_increase_pct = 15
+min_n = 200
+
+[[alerts]]
+name = "PricingLabelFreshness"
+type = "label_freshness"
+model = "pricing"
+severity = "ticket"
+max_age = "6h"
+
+[[alerts]]
+name = "PricingLabelCoverage"
+type = "label_coverage"
+model = "pricing"
+severity = "ticket"
+window = "1d"
+label_delay = "3d"
+min_coverage = 0.8
+"""
+
+
+def _label_times(column: Any) -> np.ndarray:
+    """Epoch seconds of a label_ts column, read as ISO text (NDJSON) or as timestamps (CSV)."""
+    import pyarrow.compute as pc
+
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = pc.cast(column, pa.timestamp("us", tz="UTC"))
+    return pc.divide(column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), 1e6).to_numpy()
+
+
+def _replay(store: Store, files: dict[str, Path], scenario: Scenario, config_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ingest the scenario day by day and run the guardrails at the end of each day."""
+    import pyarrow.json as pajson
+
+    from msewatch.config import load_config
+    from msewatch.monitor.baselines import record_baseline
+    from msewatch.monitor.engine import Monitor
+
+    tables = {
+        "predictions": pq.read_table(files["predictions"]),
+        "labels": pajson.read_json(files["labels"]),
+        "corrections": pacsv.read_csv(files["corrections"]),
+    }
+    times = {
+        "predictions": tables["predictions"]["ts"].cast(pa.int64()).to_numpy() / 1e6,
+        "labels": _label_times(tables["labels"]["label_ts"]),
+        "corrections": _label_times(tables["corrections"]["label_ts"]),
+    }
+    rows = {name: np.arange(t.num_rows, dtype=np.int64) for name, t in tables.items()}
+    monitor = Monitor(load_config(config_path).monitor, store.con)
+    ingested = {name: {"accepted": 0, "duplicates": 0, "rejected": 0} for name in tables}
+    transitions: list[dict[str, Any]] = []
+    start = START.timestamp()
+    for day in range(scenario.days):
+        lo, hi = start + day * DAY, start + (day + 1) * DAY
+        for name in ("predictions", "labels", "corrections"):
+            mask = (times[name] >= lo) & (times[name] < hi)
+            if not mask.any():
+                continue
+            part = tables[name].filter(pa.array(mask)).append_column("_row", pa.array(rows[name][mask]))
+            kind = "predictions" if name == "predictions" else "labels"
+            result = store.ingest_batches(kind, part.to_batches(), source=str(files[name]))  # type: ignore[arg-type]
+            for key, value in result.summary().items():
+                ingested[name][key] += value
+        at = dt.datetime.fromtimestamp(hi, dt.timezone.utc)
+        if day + 1 == 7:  # a week of production is the baseline the rules compare with
+            source = from_store(store)
+            record_baseline(store.con, source.engine, source.predictions, source.labels, model="pricing",
+                            version=None, by=("region",), source="production, first week",
+                            since=START, until=at)
+        report = monitor.evaluate(at)
+        for alert in report.changed:
+            transitions.append({"at": _iso(hi), **alert.to_dict()})
+    statuses = [s.to_dict() for s in monitor.slo_statuses(dt.datetime.fromtimestamp(hi, dt.timezone.utc))]
+    return ingested, {"config": str(config_path), "transitions": transitions, "slos": statuses}
 
 
 def _findings(
@@ -276,10 +397,44 @@ def _print_report(report: dict[str, Any], scenario: Scenario, echo: Callable[[st
         f"  - labels are still arriving: {last['label_coverage']:.0%} of {last['window_start'][:10]}'s "
         "predictions are labeled so far, so its MSE is provisional."
     )
+    _print_guardrails(report["guardrails"], scenario, echo)
     echo("")
     echo(f"Store: {report['db']}. Try:")
     echo(f"  msewatch eval --db {report['db']} --window 1d --by region")
     echo(f"  msewatch eval --db {report['db']} --since 2026-10-16 --by version --format json")
+    config = report["guardrails"]["config"]
+    echo(f"  msewatch slo status --db {report['db']} --config {config} --at 2026-10-22")
+    echo(f"  msewatch alerts list --db {report['db']} --format json")
+
+
+def _print_guardrails(guardrails: dict[str, Any], scenario: Scenario, echo: Callable[[str], None]) -> None:
+    echo("")
+    echo(f"Guardrails, evaluated at the end of each day as the data arrived ({guardrails['config']}):")
+    transitions = [t for t in guardrails["transitions"] if t["state"] != "pending"]
+    if not transitions:
+        echo("  no alert fired.")
+    for t in transitions:
+        labels = t["labels"]
+        extra = f" {labels['cohort']}" if "cohort" in labels else ""
+        echo(f"  {t['at'][:10]} {t['state'].upper():8} {labels.get('severity', ''):6} "
+             f"{labels['alertname']}{extra}: {t['annotations'].get('summary', '')}")
+    pages = [t for t in transitions if t["state"] == "firing" and t["labels"].get("severity") == "page"]
+    if pages:
+        first = pages[0]
+        echo(f"  First page, {first['at'][:10]}: {first['annotations'].get('description', '')}")
+        echo(f"  Its runbook: {first['annotations'].get('runbook', '')}")
+    start = START + dt.timedelta(days=scenario.label_outage_day, hours=scenario.label_outage_start_hour)
+    end = start + dt.timedelta(hours=scenario.label_outage_hours)
+    mse_rules = ("slo_burn", "delta_mse", "cohort_regression", "tail_error")
+    during = [t for t in transitions if t["state"] == "firing" and t["labels"].get("rule", "slo_burn") in mse_rules
+              and start.isoformat()[:19] <= t["at"][:19] <= end.isoformat()[:19]]
+    echo(f"  Label outage {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC: "
+         + ("no MSE alert fired while labels were missing." if not during
+            else f"{len(during)} MSE alerts fired while labels were missing."))
+    for s in guardrails["slos"]:
+        left = s["budget_remaining"]
+        echo(f"  SLO {s['slo']}: {'—' if left is None else f'{left:.0%}'} of the error budget left "
+             f"(objective {s['objective']:g} over {s['period']}).")
 
 
 def _fmt(value: float | None) -> str:
