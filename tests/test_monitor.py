@@ -25,7 +25,7 @@ from msewatch.sources import from_store
 from msewatch.store import Store
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # ---------------------------------------------------------------------------------------- config
