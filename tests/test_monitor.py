@@ -289,3 +289,16 @@ def test_default_baseline_is_the_median_of_daily_mse(store: Store) -> None:
     daily = [truth["r2"][truth["labeled"] & (days == d)].mean() for d in np.unique(days[truth["labeled"]])]
     assert b is not None and not b.explicit
     assert math.isclose(b.mse, float(np.median(daily)), rel_tol=1e-9)
+
+
+def test_every_toml_example_of_the_readme_loads(tmp_path: Path) -> None:
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(block, encoding="utf-8")
+        config = load_config(path, env={"MSEWATCH_INGEST_TOKEN": "x" * 32, "MSEWATCH_READ_TOKEN": "y" * 32})
+        assert not config.monitor.warnings, config.monitor.warnings
