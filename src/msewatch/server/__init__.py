@@ -36,6 +36,8 @@ def serve(db: str, config: Config, *, host: str, port: int, insecure: bool = Fal
 
     Store(db).close()  # a locked or unreadable store: one clear error before the server starts
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in config.monitor.warnings:
+        logging.getLogger("msewatch.config").warning("%s", warning)
     app = create_app(db, config)
     uv = uvicorn.Config(
         app,
