@@ -190,29 +190,39 @@ def slo_group() -> None:
 @slo_group.command("status")
 @click.option("--db", default=None, metavar="FILE", help="The store [default: $MSEWATCH_DB or msewatch.duckdb].")
 @click.option("--config", "config_path", default=None, metavar="FILE", help="msewatch.toml with [[slos]].")
+@click.option("--server", metavar="URL", help="Ask a running `msewatch serve` (its own config) instead of --db.")
+@click.option("--token", metavar="TOKEN", help="Bearer token for --server with the read scope [default: $MSEWATCH_TOKEN].")
 @click.option("--at", metavar="TIME", help="Evaluate as of this time [default: now].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def slo_status(db: str | None, config_path: str | None, at: str | None, fmt: str) -> None:
+def slo_status(db: str | None, config_path: str | None, server: str | None, token: str | None, at: str | None,
+               fmt: str) -> None:
     """Budget left, burn rates over 5m…3d, the firing tiers and a daily burn chart per SLO.
 
     Computed from the store's per-minute rollups: a 28-day period never rescans raw rows.
     Windows with too few labels count neither good nor bad (see min_labels, min_coverage).
     """
-    config, _, monitor = _monitor(db, config_path)
-    if not config.monitor.slos:
-        _fail("no [[slos]] in the config; see `msewatch slo status --help` and the README's Guardrails section.")
-    statuses = monitor.slo_statuses(_instant(at, "--at"))
+    if server:
+        from msewatch.remote import get_json
+
+        if db or config_path or at:
+            _fail("--server answers with the server's own store, config and clock: drop --db, --config and --at.")
+        statuses = get_json(server, "/v1/slo", {}, token=token)["slos"]
+    else:
+        config, _, monitor = _monitor(db, config_path)
+        if not config.monitor.slos:
+            _fail("no [[slos]] in the config; see `msewatch slo status --help` and the README's Guardrails section.")
+        statuses = [s.to_dict() for s in monitor.slo_statuses(_instant(at, "--at"))]
     if fmt == "json":
-        _echo_json({"slos": [s.to_dict() for s in statuses]})
+        _echo_json({"slos": statuses})
         return
-    shown = (300, 3600, 21600, 86400, 259200)
     rows = []
     for s in statuses:
-        firing = ", ".join(f"{t.tier.severity} {t.tier.factor:g}×" for t in s.tiers if t.firing) or "none"
-        rows.append([s.slo.name, s.slo.model, f"{s.slo.objective:g}", _pct(s.compliance), _pct(s.budget_remaining),
-                     *[_num(s.burn_rates.get(w)) for w in shown], firing,
-                     _spark(s.daily_burn, max(2.0, *(v for v in s.daily_burn if v is not None)) if any(
-                         v is not None for v in s.daily_burn) else 1.0)])
+        firing = ", ".join(f"{t['severity']} {t['factor']:g}×" for t in s["tiers"] if t["firing"]) or "none"
+        daily = tuple(s["daily_burn"])
+        known = [v for v in daily if v is not None]
+        rows.append([s["slo"], s["model"], f"{s['objective']:g}", _pct(s["compliance"]), _pct(s["budget_remaining"]),
+                     *[_num(s["burn_rates"].get(w)) for w in ("5m", "1h", "6h", "1d", "3d")], firing,
+                     _spark(daily, max(2.0, *known) if known else 1.0)])
     _table("SLO status", ["slo", "model", "objective", "compliance", "budget left", "burn 5m", "1h", "6h", "1d", "3d",
                           "firing", "daily burn (oldest → newest)"], rows, no_wrap=("daily burn (oldest → newest)",))
 
@@ -223,15 +233,17 @@ def alerts_group() -> None:
     """Evaluate alert rules and list alerts."""
 
 
-def _alert_rows(alerts: list[Any], muted: dict[str, str]) -> list[list[Any]]:
+def _alert_rows(alerts: list[dict[str, Any]]) -> list[list[Any]]:
+    """Table rows of alerts as `Alert.to_dict()` gives them (plus muted_by)."""
     order = {"firing": 0, "pending": 1, "resolved": 2}
     out = []
-    for a in sorted(alerts, key=lambda a: (order.get(a.state, 3), a.labels.get("severity", ""), a.name)):
-        extra = ", ".join(f"{k}={v}" for k, v in a.labels.items()
-                          if k not in ("alertname", "model", "severity", "rule"))
-        out.append([a.state, a.labels.get("severity"), a.name, a.labels.get("model"), extra,
-                    _num(a.value), a.starts_at or a.active_since, muted.get(a.fingerprint, ""),
-                    a.annotations.get("summary", "")])
+    for a in sorted(alerts, key=lambda a: (order.get(a["state"], 3), a["labels"].get("severity", ""),
+                                           a["labels"].get("alertname", ""))):
+        labels = a["labels"]
+        extra = ", ".join(f"{k}={v}" for k, v in labels.items() if k not in ("alertname", "model", "severity", "rule"))
+        since = (a.get("starts_at") or a.get("active_since") or "")[:16].replace("T", " ")
+        out.append([a["state"], labels.get("severity"), labels.get("alertname"), labels.get("model"), extra,
+                    _num(a.get("value")), since, a.get("muted_by") or "", a["annotations"].get("summary", "")])
     return out
 
 
@@ -268,32 +280,40 @@ def alerts_evaluate(db: str | None, config_path: str | None, at: str | None, no_
             "errors": report.errors,
         })
         return
-    _table(f"alerts at {report.at:%Y-%m-%d %H:%M:%S}Z", _ALERT_COLUMNS, _alert_rows(report.alerts, report.muted))
+    _table(f"alerts at {report.at:%Y-%m-%d %H:%M:%S}Z", _ALERT_COLUMNS,
+           _alert_rows([a.to_dict() | {"muted_by": report.muted.get(a.fingerprint)} for a in report.alerts]))
     for d in report.deliveries:
         click.echo(f"notified {d.notifier}: {d.status} ({d.n_alerts} alerts)" + (f": {d.error}" if d.error else ""))
 
 
 @alerts_group.command("list")
 @click.option("--db", default=None, metavar="FILE", help="The store [default: $MSEWATCH_DB or msewatch.duckdb].")
+@click.option("--server", metavar="URL", help="Ask a running `msewatch serve` instead of --db.")
+@click.option("--token", metavar="TOKEN", help="Bearer token for --server with the read scope [default: $MSEWATCH_TOKEN].")
 @click.option("--state", type=click.Choice(["active", "firing", "pending", "resolved", "all"]), default="active", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def alerts_list(db: str | None, state: str, fmt: str) -> None:
+def alerts_list(db: str | None, server: str | None, token: str | None, state: str, fmt: str) -> None:
     """The alerts as the last evaluation left them (with their runbooks in --format json)."""
-    from msewatch.monitor.config import MonitorConfig
-    from msewatch.monitor.engine import Monitor
+    if server:
+        from msewatch.remote import get_json
 
-    store = _open_store(db)
-    monitor = Monitor(MonitorConfig(), store.con)
-    alerts = list(monitor.book.alerts.values())
-    keep = {"active": ("pending", "firing"), "all": ("pending", "firing", "resolved")}.get(state, (state,))
-    alerts = [a for a in alerts if a.state in keep]
-    now = dt.datetime.now(dt.timezone.utc)
-    silences = monitor.silences(now)
-    muted = {a.fingerprint: why for a in alerts if (why := monitor.muted_by(a, now, silences))}
+        if db:
+            _fail("give --db or --server, not both.")
+        found = get_json(server, "/v1/alerts", {"state": state}, token=token)["alerts"]
+    else:
+        from msewatch.monitor.config import MonitorConfig
+        from msewatch.monitor.engine import Monitor
+
+        monitor = Monitor(MonitorConfig(), _open_store(db).con)
+        keep = {"active": ("pending", "firing"), "all": ("pending", "firing", "resolved")}.get(state, (state,))
+        now = dt.datetime.now(dt.timezone.utc)
+        silences = monitor.silences(now)
+        found = [a.to_dict() | {"muted_by": monitor.muted_by(a, now, silences)}
+                 for a in monitor.book.alerts.values() if a.state in keep]
     if fmt == "json":
-        _echo_json({"alerts": [a.to_dict() | {"muted_by": muted.get(a.fingerprint)} for a in alerts]})
+        _echo_json({"alerts": found})
         return
-    _table("alerts", _ALERT_COLUMNS, _alert_rows(alerts, muted))
+    _table("alerts", _ALERT_COLUMNS, _alert_rows(found))
 
 
 # -- silence --------------------------------------------------------------------------------------
