@@ -14,9 +14,13 @@ _SPARK = "▁▂▃▄▅▆▇█"
 
 
 def _open_store(db: str | None) -> Any:
+    """The store, with the monitor's tables (baselines, alert state, silences) in it."""
+    from msewatch.monitor.engine import ensure_tables
     from msewatch.store import Store, default_db_path
 
-    return Store(db or default_db_path())
+    store = Store(db or default_db_path())
+    ensure_tables(store.con)
+    return store
 
 
 def _instant(text: str | None, option: str) -> dt.datetime:

@@ -136,7 +136,6 @@ def _from_row(row: tuple[Any, ...]) -> Baseline:
 
 def list_baselines(con: Any, model: str | None = None) -> list[Baseline]:
     """Every stored baseline (whole-model rows, each with its cohorts attached)."""
-    ensure_tables(con)
     where, params = ("WHERE model = $m", {"m": model}) if model else ("", {})
     rows = [_from_row(r) for r in con.execute(
         f"SELECT * FROM baselines {where} ORDER BY model, version, segment, segment_value", params

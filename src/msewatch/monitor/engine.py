@@ -26,7 +26,10 @@ from msewatch.monitor.series import load_series
 from msewatch.monitor.slo import SloStatus, evaluate_slo, series_span, slo_findings
 from msewatch.store._rollups import track_thresholds
 
-__all__ = ["MONITOR_DDL", "EvaluationReport", "Monitor", "add_silence", "expire_silence", "stored_silences"]
+__all__ = [
+    "MONITOR_DDL", "EvaluationReport", "Monitor", "add_silence", "ensure_tables", "expire_silence", "list_silences",
+    "stored_silences",
+]
 
 log = logging.getLogger("msewatch.monitor")
 
@@ -223,10 +226,10 @@ def _finite(value: float | None) -> float | None:
 
 
 # ---------------------------------------------------------------------- silences in the store
+# (the monitor's tables exist once a `Monitor` was made on the store, or `ensure_tables` ran)
 
 
 def stored_silences(con: Any, *, active_at: dt.datetime | None = None) -> list[Silence]:
-    ensure_tables(con)
     where, params = ("WHERE ends > $t", {"t": active_at}) if active_at else ("", {})
     rows = con.execute(
         f"SELECT id, matchers, starts, ends, comment, created_by FROM silences {where} ORDER BY id", params
@@ -235,7 +238,6 @@ def stored_silences(con: Any, *, active_at: dt.datetime | None = None) -> list[S
 
 
 def list_silences(con: Any) -> list[dict[str, Any]]:
-    ensure_tables(con)
     rows = con.execute("SELECT id, matchers, starts, ends, comment, created_by, created_at FROM silences ORDER BY id").fetchall()
     return [{"id": i, "matchers": json.loads(m), "starts": s, "ends": e, "comment": c, "created_by": by, "created_at": at}
             for i, m, s, e, c, by, at in rows]
@@ -243,7 +245,6 @@ def list_silences(con: Any) -> list[dict[str, Any]]:
 
 def add_silence(con: Any, matchers: dict[str, str], starts: dt.datetime, ends: dt.datetime, *,
                 comment: str = "", created_by: str = "cli") -> int:
-    ensure_tables(con)
     now = dt.datetime.now(dt.timezone.utc)
     return int(con.execute(
         "INSERT INTO silences (matchers, starts, ends, comment, created_by, created_at) "
@@ -254,7 +255,6 @@ def add_silence(con: Any, matchers: dict[str, str], starts: dt.datetime, ends: d
 
 def expire_silence(con: Any, silence_id: int) -> bool:
     """End a silence now; False when there is no such silence."""
-    ensure_tables(con)
     now = dt.datetime.now(dt.timezone.utc)
     found = con.execute("UPDATE silences SET ends = least(ends, ?) WHERE id = ? RETURNING id", [now, silence_id]).fetchall()
     return bool(found)

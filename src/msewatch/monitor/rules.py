@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from msewatch.errors import InputError
 from msewatch.monitor.alerts import Finding
 from msewatch.monitor.baselines import Baseline, default_baseline, find_baseline
 from msewatch.monitor.config import AlertRule
@@ -161,7 +162,7 @@ class RuleEvaluator:
         available = {r[0] for r in self.con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'predictions'").fetchall()}
         if column not in available:
-            return []
+            raise InputError(f"rule {rule.name}: the predictions have no column {column!r} to group cohorts by.")
         quoted = '"' + column.replace('"', '""') + '"'
         sql, params = self._pairs_sql(
             rule, f"coalesce(CAST({quoted} AS VARCHAR), '(null)') AS cohort, count(*), avg(r2), var_samp(r2)",
