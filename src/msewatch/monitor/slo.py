@@ -114,13 +114,13 @@ def _event_ratio(slo: Slo, series: MinuteSeries, end: float, length: int) -> tup
 
 
 def _windows(slo: Slo, series: MinuteSeries, since: float, end: float) -> tuple[int, int]:
-    """Bad and judged SLO windows wholly inside [since, end)."""
+    """Bad and judged SLO windows (aligned to the epoch) that end in (since, end]."""
     w = slo.window
-    first = -(-int(since) // w) * w
-    last = int(end) // w * w  # windows start in [first, last)
-    if last <= first:
+    first_end = int(since) // w * w + w
+    last_end = int(end) // w * w
+    if last_end < first_end:
         return 0, 0
-    starts = np.arange(first, last, w, dtype=np.float64)
+    starts = np.arange(first_end, last_end + 1, w, dtype=np.float64) - w
     lo = np.clip((starts - series.start) // MINUTE, 0, len(series.n_labeled)).astype(np.int64)
     hi = np.clip((starts + w - series.start) // MINUTE, 0, len(series.n_labeled)).astype(np.int64)
     p = series._prefix
@@ -139,7 +139,7 @@ def _burn(slo: Slo, series: MinuteSeries, end: float, length: int) -> float | No
         got = _event_ratio(slo, series, end, length)
         return None if got is None else got[0] / got[1] / allowed
     # window SLO: the windows that end in the lookback; a lookback shorter than a window reads
-    # the last complete window
+    # the last complete one
     bad, judged = _windows(slo, series, end - max(length, slo.window), end)
     return None if not judged else bad / judged / allowed
 
