@@ -148,7 +148,8 @@ def test_open_endpoints_need_no_token(client: httpx.Client) -> None:
     assert ok(client.get("/readyz")) == {"status": "ready"}
     doc = ok(client.get("/openapi.json"))
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/v1/predictions", "/v1/labels", "/v1/metrics", "/metrics", "/healthz", "/readyz"}
+    assert set(doc["paths"]) == {"/v1/predictions", "/v1/labels", "/v1/metrics", "/v1/alerts", "/v1/slo",
+                                 "/v1/silences", "/v1/silences/{silence_id}", "/metrics", "/healthz", "/readyz"}
     assert client.get("/nowhere").status_code == 404
     assert client.get("/v1/predictions", headers=auth()).status_code == 405
 
@@ -170,7 +171,9 @@ BAD_AUTHORIZATION = [
     (f"Bearer {ADMIN} {READ}", INVALID),
     ("Bearer ' OR '1'='1", INVALID),
 ]
-ENDPOINTS = [("POST", "/v1/predictions"), ("POST", "/v1/labels"), ("GET", "/v1/metrics"), ("GET", "/metrics")]
+ENDPOINTS = [("POST", "/v1/predictions"), ("POST", "/v1/labels"), ("GET", "/v1/metrics"), ("GET", "/metrics"),
+             ("GET", "/v1/alerts"), ("GET", "/v1/slo"), ("GET", "/v1/silences"), ("POST", "/v1/silences"),
+             ("DELETE", "/v1/silences/999")]
 
 
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
@@ -190,11 +193,12 @@ def test_missing_or_wrong_token_is_401(client: httpx.Client, method: str, path: 
 
 
 SCOPE_MATRIX = {
-    # token: statuses for ENDPOINTS in order
-    "ingest": (200, 200, 403, 403),
-    "read": (403, 403, 200, 200),
-    "admin": (200, 200, 200, 200),
-    "ingest+read": (200, 200, 200, 200),
+    # token: statuses for ENDPOINTS in order (silences are written with the admin scope; the
+    # silence 999 does not exist)
+    "ingest": (200, 200, 403, 403, 403, 403, 403, 403, 403),
+    "read": (403, 403, 200, 200, 200, 200, 200, 403, 403),
+    "admin": (200, 200, 200, 200, 200, 200, 200, 201, 404),
+    "ingest+read": (200, 200, 200, 200, 200, 200, 200, 403, 403),
 }
 
 
@@ -202,18 +206,23 @@ SCOPE_MATRIX = {
 def test_scopes(client: httpx.Client, token_name: str) -> None:
     token = TOKENS[token_name]
     model = f"scopes-{token_name}"
-    for (_, path), status in zip(ENDPOINTS, SCOPE_MATRIX[token_name], strict=True):
+    for (method, path), status in zip(ENDPOINTS, SCOPE_MATRIX[token_name], strict=True):
         if path == "/v1/predictions":
             response = post(client, "predictions", pred(f"{model}-1", model=model), token=token)
         elif path == "/v1/labels":
             response = post(client, "labels", label(f"{model}-1", 2.0), token=token)
+        elif method == "POST":
+            silence = {"matchers": {"model": model}, "duration": "1h", "comment": "scopes"}
+            response = client.post(path, headers=auth(token), json=silence)
         else:
-            response = client.get(path, headers=auth(token))
+            response = client.request(method, path, headers=auth(token))
         if status == 403:
-            needed = "ingest" if path in ("/v1/predictions", "/v1/labels") else "read"
+            needed = {"/v1/predictions": "ingest", "/v1/labels": "ingest"}.get(path, "read")
+            if method in ("POST", "DELETE") and path.startswith("/v1/silences"):
+                needed = "admin"
             assert error_of(response, 403) == f"this token lacks the {needed!r} scope"
         else:
-            assert response.status_code == 200, (path, response.text)
+            assert response.status_code == status, (path, response.text)
     # the scheme name is case-insensitive (RFC 7235)
     lower = client.get("/v1/metrics", headers={"Authorization": f"bearer {ADMIN}"})
     assert lower.status_code == 200
