@@ -302,3 +302,30 @@ def test_every_toml_example_of_the_readme_loads(tmp_path: Path) -> None:
         path.write_text(block, encoding="utf-8")
         config = load_config(path, env={"MSEWATCH_INGEST_TOKEN": "x" * 32, "MSEWATCH_READ_TOKEN": "y" * 32})
         assert not config.monitor.warnings, config.monitor.warnings
+
+
+def test_baseline_from_a_holdout_file_through_the_cli(tmp_path: Path) -> None:
+    """A holdout file without model or version columns is taken whole for the named model."""
+    import pyarrow.parquet as pq
+    from conftest import run_cli
+
+    rng = np.random.default_rng(9)
+    y = rng.normal(10, 2, 1000)
+    p = y + rng.normal(0, 1, 1000)
+    region = np.where(rng.random(1000) < 0.5, "a", "b")
+    pq.write_table(pa.table({"y_true": y, "y_pred": p, "region": region}), tmp_path / "holdout.parquet")
+    made = run_cli(["baseline", "set", "--db", "s.duckdb", "--model", "price", "--version", "v2", "--data",
+                    "holdout.parquet", "--by", "region", "--format", "json"], cwd=tmp_path)
+    assert made.returncode == 0, made
+    r2 = (p - y) ** 2
+    top, *cohorts = made.json()["baselines"]
+    assert top["n"] == 1000 and top["version"] == "v2"
+    assert math.isclose(top["metrics"]["mse"], float(r2.mean()), rel_tol=1e-9)
+    assert math.isclose(top["metrics"]["mse_se"], float(r2.std(ddof=1) / math.sqrt(1000)), rel_tol=1e-9)
+    assert {c["segment_value"]: c["n"] for c in cohorts} == {"a": int((region == "a").sum()), "b": int((region == "b").sum())}
+    shown = run_cli(["baseline", "show", "--db", "s.duckdb", "--model", "price", "--version", "v2", "--format", "json"],
+                    cwd=tmp_path)
+    assert shown.returncode == 0 and shown.json()["explicit"] is True
+    both = run_cli(["baseline", "set", "--db", "s.duckdb", "--model", "price", "--data", "holdout.parquet",
+                    "--since", "2026-01-01"], cwd=tmp_path)
+    assert both.returncode == 2 and "not both" in both.stderr

@@ -134,7 +134,8 @@ def baseline_set(db: str | None, model: str, model_version: str | None, data: st
         lo, hi = parse_instant(since, option="--since"), parse_instant(until, option="--until")
         desc = f"store {since} to {until}"
     made = record_baseline(store.con, source.engine, source.predictions, source.labels, model=model,
-                           version=model_version, by=by_cols, source=desc, since=lo, until=hi)
+                           version=model_version, by=by_cols, source=desc, since=lo, until=hi,
+                           holdout=bool(data))
     if fmt == "json":
         _echo_json({"baselines": [b.to_dict() for b in made]})
         return

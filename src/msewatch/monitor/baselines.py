@@ -84,15 +84,16 @@ def ensure_tables(con: Any) -> None:
 
 def record_baseline(con: Any, engine: Any, predictions: Any, labels: Any, *, model: str, version: str | None,
                     by: tuple[str, ...] = (), source: str, since: dt.datetime | None = None,
-                    until: dt.datetime | None = None) -> list[Baseline]:
+                    until: dt.datetime | None = None, holdout: bool = False) -> list[Baseline]:
     """Evaluate the input (with standard errors) and store it as the baseline of model/version.
 
-    Replaces an earlier baseline of the same model and version, cohorts included.
+    A `holdout` file is taken whole (it is that model's holdout set); the store is filtered to
+    the model, version and time range. Replaces an earlier baseline of the same model and
+    version, cohorts included.
     """
     ensure_tables(con)
     spec = EvalSpec(since=since, until=until, standard_errors=True,
-                    model=model if "model" in predictions.columns else None,
-                    version=version if version and "version" in predictions.columns else None)
+                    model=None if holdout else model, version=None if holdout else version)
     rows = [({}, run_evaluation(engine, predictions, labels, spec))]
     for column in by:
         grouped = EvalSpec(by=(column,), since=since, until=until, standard_errors=True,
