@@ -295,7 +295,7 @@ def test_every_toml_example_of_the_readme_loads(tmp_path: Path) -> None:
     import re
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", readme, re.DOTALL)
     assert len(blocks) >= 2
     for i, block in enumerate(blocks):
         path = tmp_path / f"example{i}.toml"
