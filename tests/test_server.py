@@ -148,8 +148,9 @@ def test_open_endpoints_need_no_token(client: httpx.Client) -> None:
     assert ok(client.get("/readyz")) == {"status": "ready"}
     doc = ok(client.get("/openapi.json"))
     assert doc["openapi"].startswith("3.1")
-    assert set(doc["paths"]) == {"/v1/predictions", "/v1/labels", "/v1/metrics", "/v1/alerts", "/v1/slo",
-                                 "/v1/silences", "/v1/silences/{silence_id}", "/metrics", "/healthz", "/readyz"}
+    assert set(doc["paths"]) == {"/v1/predictions", "/v1/labels", "/v1/shadow", "/v1/metrics", "/v1/alerts", "/v1/slo",
+                                 "/v1/silences", "/v1/silences/{silence_id}", "/v1/canary", "/v1/flagger", "/metrics",
+                                 "/healthz", "/readyz"}
     assert client.get("/nowhere").status_code == 404
     assert client.get("/v1/predictions", headers=auth()).status_code == 405
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import sys
 from typing import Any
 
 import click
@@ -384,3 +386,74 @@ def silence_expire(silence_id: int, db: str | None) -> None:
     if not expire_silence(_open_store(db).con, silence_id):
         _fail(f"no silence with id {silence_id}.")
     click.echo(f"silence {silence_id} expired")
+
+
+# -- canary ---------------------------------------------------------------------------------------
+CANARY_EXIT = {"pass": 0, "fail": 1, "continue": 3}
+
+
+@cli.command("canary")
+@click.option("--db", default=None, metavar="FILE", help="The store [default: $MSEWATCH_DB or msewatch.duckdb].")
+@click.option("--server", metavar="URL", help="Ask a running `msewatch serve` instead of --db.")
+@click.option("--token", metavar="TOKEN", help="Bearer token for --server with the read scope [default: $MSEWATCH_TOKEN].")
+@click.option("--config", "config_path", default=None, metavar="FILE", help="msewatch.toml with a [canary] section.")
+@click.option("--model", required=True, help="The model.")
+@click.option("--canary", "canary_version", required=True, metavar="VERSION", help="The new version being judged.")
+@click.option("--control", required=True, metavar="VERSION", help="The version it replaces.")
+@click.option("--mode", type=click.Choice(["split", "shadow"]), default="split", show_default=True,
+              help="split: the versions serve different requests; shadow: the canary's predictions are in "
+                   "shadow_predictions, paired with the control's by prediction_id.")
+@click.option("--since", metavar="TIME", help="Judge predictions from here [default: the canary's first prediction].")
+@click.option("--until", metavar="TIME", help="Judge predictions before this time [default: now − label_delay].")
+@click.option("--rollback", is_flag=True, help="On fail, run the [canary] rollback hook (once per canary).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def canary_command(db: str | None, server: str | None, token: str | None, config_path: str | None, model: str,
+                   canary_version: str, control: str, mode: str, since: str | None, until: str | None,
+                   rollback: bool, fmt: str) -> None:
+    """Judge a canary (or shadow) version against its control by MSE: pass, fail or continue.
+
+    A mixture sequential probability ratio test on the difference of the two MSEs: the
+    false-fail rate stays at most [canary] alpha (5%) however often the verdict is read, so a
+    rollout controller can ask every minute. fail: the canary's MSE is higher with an
+    always-valid p-value ≤ alpha. pass: the MSE ratio's confidence sequence is below
+    1 + margin (5%). continue: not enough evidence yet, or fewer than min_n labeled
+    predictions per arm, or label coverage under min_coverage.
+
+    Exit status: 0 pass, 1 fail, 3 continue, 2 usage error.
+    """
+    from msewatch.units import parse_instant
+
+    if server:
+        from msewatch.remote import get_json
+
+        if db or config_path or rollback:
+            _fail("--server judges with the server's own store and config: drop --db, --config and --rollback.")
+        result = get_json(server, "/v1/canary", {"model": model, "canary": canary_version, "control": control,
+                                                  "mode": mode, "since": since, "until": until}, token=token)
+    else:
+        from msewatch.config import load_config
+        from msewatch.monitor.canary import judge_canary, run_rollback
+
+        config = load_config(config_path).monitor.canary
+        store = _open_store(db)
+        report = judge_canary(store.con, model, canary_version, control, mode=mode,
+                              since=parse_instant(since, option="--since") if since else None,
+                              until=parse_instant(until, option="--until") if until else None, config=config)
+        if rollback:
+            if not (config.rollback_webhook or config.rollback_command):
+                _fail("--rollback needs rollback_webhook or rollback_command in the config's [canary] section.")
+            report.rollback = run_rollback(store.con, report, config)
+        result = report.to_dict()
+    if fmt == "json":
+        _echo_json(result)
+    else:
+        ratio = result["mse_ratio"]
+        ci = result["ci"]
+        _table(f"canary {model}: {canary_version} vs {control} ({result['mode']})",
+               ["verdict", "mse ratio", "ci", "p-value", "n canary", "n control", "label coverage", "reason"],
+               [[result["verdict"].upper(), _num(ratio), None if not ci else f"[{ci[0]:.3f}, {ci[1]:.3f}]",
+                 _num(result["p_value"]), result["n_canary"], result["n_control"], _pct(result["label_coverage"]),
+                 result["reason"]]])
+        if result.get("rollback"):
+            click.echo(f"rollback: {json.dumps(result['rollback'], default=str)}")
+    sys.exit(CANARY_EXIT[result["verdict"]])

@@ -121,7 +121,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{p}: not valid TOML ({exc}).") from exc
-    known = {"server", "metrics", "models", "tokens", "alerting", "slos", "alerts", "notifiers", "silences", "maintenance"}
+    known = {"server", "metrics", "models", "tokens", "alerting", "slos", "alerts", "notifiers", "silences", "maintenance", "canary"}
     _no_unknown(data, known, "", where)
     server = _section(data, "server", ServerConfig, where)
     metrics = _metrics(data.get("metrics", {}), where)

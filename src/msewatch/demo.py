@@ -285,8 +285,9 @@ def _replay(store: Store, files: dict[str, Path], scenario: Scenario, config_pat
     ingested = {name: {"accepted": 0, "duplicates": 0, "rejected": 0} for name in tables}
     transitions: list[dict[str, Any]] = []
     start = START.timestamp()
-    for day in range(scenario.days):
-        lo, hi = start + day * DAY, start + (day + 1) * DAY
+    canary: dict[str, Any] | None = None
+
+    def ingest(lo: float, hi: float) -> None:
         for name in ("predictions", "labels", "corrections"):
             mask = (times[name] >= lo) & (times[name] < hi)
             if not mask.any():
@@ -296,6 +297,16 @@ def _replay(store: Store, files: dict[str, Path], scenario: Scenario, config_pat
             result = store.ingest_batches(kind, part.to_batches(), source=str(files[name]))  # type: ignore[arg-type]
             for key, value in result.summary().items():
                 ingested[name][key] += value
+
+    for day in range(scenario.days):
+        lo, hi = start + day * DAY, start + (day + 1) * DAY
+        if day == scenario.rollout_day:  # the rollout day hour by hour, the canary judged each hour
+            for hour in range(24):
+                ingest(lo + hour * 3600, lo + (hour + 1) * 3600)
+                if canary is None:
+                    canary = _judge_canary(store, dt.datetime.fromtimestamp(lo + (hour + 1) * 3600, dt.timezone.utc))
+        else:
+            ingest(lo, hi)
         at = dt.datetime.fromtimestamp(hi, dt.timezone.utc)
         if day + 1 == 7:  # a week of production is the baseline the rules compare with
             source = from_store(store)
@@ -306,7 +317,22 @@ def _replay(store: Store, files: dict[str, Path], scenario: Scenario, config_pat
         for alert in report.changed:
             transitions.append({"at": _iso(hi), **alert.to_dict()})
     statuses = [s.to_dict() for s in monitor.slo_statuses(dt.datetime.fromtimestamp(hi, dt.timezone.utc))]
-    return ingested, {"config": str(config_path), "transitions": transitions, "slos": statuses}
+    return ingested, {"config": str(config_path), "transitions": transitions, "slos": statuses, "canary": canary}
+
+
+def _judge_canary(store: Store, at: dt.datetime) -> dict[str, Any] | None:
+    """The canary verdict on v2 vs v1 at `at`; on the first fail, the rollback hook runs."""
+    import sys
+
+    from msewatch.monitor.canary import judge_canary, run_rollback
+    from msewatch.monitor.config import CanaryConfig
+
+    hook = CanaryConfig(rollback_command=(sys.executable, "-c", "print('rolling back pricing v2 to v1')"))
+    report = judge_canary(store.con, "pricing", "v2", "v1", now=at, config=hook)
+    if report.verdict == "continue":
+        return None
+    report.rollback = run_rollback(store.con, report, hook, at=at)
+    return {"at": _iso(at.timestamp()), **report.to_dict()}
 
 
 def _findings(
@@ -431,6 +457,15 @@ def _print_guardrails(guardrails: dict[str, Any], scenario: Scenario, echo: Call
     echo(f"  Label outage {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC: "
          + ("no MSE alert fired while labels were missing." if not during
             else f"{len(during)} MSE alerts fired while labels were missing."))
+    canary = guardrails.get("canary")
+    if canary:
+        verb = "failed" if canary["verdict"] == "fail" else "passed"
+        echo(f"  Canary v2 vs v1 (judged hourly from the rollout): {verb} at {canary['at'][:16]}Z after "
+             f"{canary['n_canary']} labeled v2 and {canary['n_control']} v1 predictions, MSE ratio "
+             f"{canary['mse_ratio']:.2f} (CI {canary['ci'][0]:.2f}–{canary['ci'][1]:.2f}, "
+             f"always-valid p = {canary['p_value']:.2g}).")
+        if canary.get("rollback", {}).get("command"):
+            echo(f"  Rollback hook ran: {canary['rollback']['command']['output'].strip()}")
     for s in guardrails["slos"]:
         left = s["budget_remaining"]
         echo(f"  SLO {s['slo']}: {'—' if left is None else f'{left:.0%}'} of the error budget left "

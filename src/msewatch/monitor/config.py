@@ -73,6 +73,7 @@ __all__ = [
     "AlertRule",
     "AlertingConfig",
     "BurnTier",
+    "CanaryConfig",
     "Maintenance",
     "MonitorConfig",
     "Notifier",
@@ -199,6 +200,21 @@ class AlertingConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    """How the canary judge decides (`msewatch canary`, `GET /v1/canary`)."""
+
+    alpha: float = 0.05  # false-fail rate, however often the verdict is read
+    tau_rel: float = 0.1  # mixing sd of the mSPRT, as a fraction of the control's MSE
+    margin: float = 0.05  # pass when the canary is at most this much worse (MSE ratio ≤ 1 + margin)
+    min_n: int = 200  # labeled predictions per arm before any verdict
+    min_coverage: float = 0.5  # labeled share of each arm's predictions before any verdict
+    label_delay: int = 0  # judge only predictions at least this old
+    rollback_webhook: str = ""  # POSTed the verdict on the first "fail"
+    rollback_command: tuple[str, ...] = ()  # run on the first "fail" (argv; MSEWATCH_* in env)
+    rollback_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class MonitorConfig:
     alerting: AlertingConfig = AlertingConfig()
     slos: tuple[Slo, ...] = ()
@@ -207,6 +223,7 @@ class MonitorConfig:
     silences: tuple[Silence, ...] = ()
     maintenance: tuple[Maintenance, ...] = ()
     warnings: tuple[str, ...] = ()
+    canary: CanaryConfig = CanaryConfig()
 
 
 def parse_monitor(data: Mapping[str, Any], where: str) -> MonitorConfig:
@@ -231,7 +248,8 @@ def parse_monitor(data: Mapping[str, Any], where: str) -> MonitorConfig:
             if name in seen:
                 raise InputError(f"{where}: {kind}: the name {name!r} is used twice.")
             seen.add(name)
-    return MonitorConfig(alerting, slos, rules, notifiers, silences, maintenance, tuple(warnings))
+    canary = _canary(data.get("canary", {}), where)
+    return MonitorConfig(alerting, slos, rules, notifiers, silences, maintenance, tuple(warnings), canary)
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -474,3 +492,30 @@ def _maintenance(item: dict[str, Any], key: str, where: str) -> Maintenance:
     _known(item, {"model", "starts", "ends", "reason"}, key, where)
     starts, ends = _span(item, key, where)
     return Maintenance(_text(item, "model", key, where), starts, ends, _text(item, "reason", key, where, ""))
+
+
+def _canary(table: Any, where: str) -> CanaryConfig:
+    if not isinstance(table, dict):
+        raise _fail(where, "canary", table, "expected a table")
+    d = CanaryConfig()
+    _known(table, set(d.__dataclass_fields__), "canary", where)
+    command = table.get("rollback_command", [])
+    if isinstance(command, str):
+        command = [command]
+    if not isinstance(command, list) or not all(isinstance(c, str) and c for c in command):
+        raise _fail(where, "canary.rollback_command", table.get("rollback_command"), "expected a list of strings (argv)")
+    webhook = _text(table, "rollback_webhook", "canary", where, "")
+    if webhook and not webhook.startswith(("http://", "https://")):
+        raise _fail(where, "canary.rollback_webhook", webhook, "expected an http:// or https:// URL")
+    return CanaryConfig(
+        alpha=_number(table, "alpha", d.alpha, "canary", where, open_low=True, high=0.5),
+        tau_rel=_number(table, "tau_rel", d.tau_rel, "canary", where, open_low=True, high=10.0),
+        margin=_number(table, "margin", d.margin, "canary", where, high=10.0),
+        min_n=_whole(table, "min_n", d.min_n, "canary", where, low=2),
+        min_coverage=_number(table, "min_coverage", d.min_coverage, "canary", where, high=1.0),
+        label_delay=_duration(table, "label_delay", 0, "canary", where, zero=True),
+        rollback_webhook=webhook,
+        rollback_command=tuple(command),
+        rollback_timeout=_number(table, "rollback_timeout", d.rollback_timeout, "canary", where, open_low=True,
+                                 high=3600),
+    )

@@ -42,6 +42,14 @@ _LABEL = {
     },
     "additionalProperties": {**_SCALAR, "description": "ignored (reported in ignored_fields)"},
 }
+_SHADOW = {
+    **_PREDICTION,
+    "description": (
+        "A candidate version's prediction for a request production also scored (shadow mode); "
+        "stored apart, keyed by prediction_id and version, and never counted in the metrics."
+    ),
+    "additionalProperties": {**_SCALAR, "description": "ignored (reported in ignored_fields)"},
+}
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -70,13 +78,13 @@ def _error_response(text: str) -> dict[str, Any]:
     return {"description": text, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def _ingest(kind: str, schema: str) -> dict[str, Any]:
+def _ingest(kind: str, schema: str, noun: str | None = None) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{schema}"}
     return {
         "post": {
             "summary": f"Store {kind}",
             "description": (
-                f"One {kind[:-1]} object, an array of them, or NDJSON (one object per line). "
+                f"One {noun or kind[:-1]} object, an array of them, or NDJSON (one object per line). "
                 "Answered after the accepted rows are committed to disk. Re-sent rows are counted "
                 "as duplicates; rows that fail validation are listed with their index and reason, "
                 "and never block the others."
@@ -146,6 +154,25 @@ _SILENCE = {
 }
 
 
+_CANARY_ANSWER = {
+    "description": "the verdict",
+    "content": {"application/json": {"schema": {
+        "type": "object",
+        "required": ["verdict", "p_value", "mse_ratio", "ci", "n_canary", "n_control", "label_coverage", "reason"],
+        "properties": {
+            "verdict": {"enum": ["pass", "fail", "continue"]},
+            "p_value": {"type": ["number", "null"]},
+            "mse_ratio": {"type": ["number", "null"]},
+            "ci": {"type": ["array", "null"], "items": {"type": "number"}},
+            "n_canary": {"type": "integer"},
+            "n_control": {"type": "integer"},
+            "label_coverage": {"type": ["number", "null"]},
+            "reason": {"type": "string"},
+        },
+    }}},
+}
+
+
 def _monitor_paths() -> dict[str, Any]:
     return {
         "/v1/alerts": {
@@ -162,6 +189,38 @@ def _monitor_paths() -> dict[str, Any]:
                 "summary": "Every SLO: budget remaining, burn rates over 5m…3d, firing tiers",
                 "security": [{"bearer": ["read"]}, {}],
                 "responses": {"200": _object_answer("slos", "SLO statuses"), **_read_errors()},
+            }
+        },
+        "/v1/canary": {
+            "get": {
+                "summary": "Judge a canary version against its control by MSE (mixture SPRT: valid however often read)",
+                "security": [{"bearer": ["read"]}, {}],
+                "parameters": [
+                    {**_query("model", "the model"), "required": True},
+                    {**_query("canary", "the version being judged"), "required": True},
+                    {**_query("control", "the version it replaces"), "required": True},
+                    _query("mode", "split (default) or shadow"),
+                    _query("since", "judge predictions from here (default: the canary's first)"),
+                    _query("until", "judge predictions before this time"),
+                ],
+                "responses": {"200": _CANARY_ANSWER, "400": _error_response("a bad parameter"), **_read_errors()},
+            }
+        },
+        "/v1/flagger": {
+            "post": {
+                "summary": "Flagger webhook: 200 unless the canary fails (412); metadata gives model, canary, control",
+                "security": [{"bearer": ["read"]}, {}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["metadata"],
+                    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"},
+                                   "phase": {"type": "string"},
+                                   "metadata": {"type": "object", "required": ["model", "canary", "control"],
+                                                "properties": {k: {"type": "string", "minLength": 1} for k in
+                                                               ("model", "canary", "control", "mode", "require")}}},
+                }}}},
+                "responses": {"200": _CANARY_ANSWER, "412": _CANARY_ANSWER,
+                              "400": _error_response("a bad body"), "413": _error_response("body over the limit"),
+                              **_read_errors()},
             }
         },
         "/v1/silences": {
@@ -213,6 +272,7 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/predictions": _ingest("predictions", "Prediction"),
             "/v1/labels": _ingest("labels", "Label"),
+            "/v1/shadow": _ingest("shadow predictions", "ShadowPrediction", "shadow prediction"),
             "/v1/metrics": {
                 "get": {
                     "summary": "Evaluate the store (the JSON of `msewatch eval --format json`)",
@@ -279,6 +339,7 @@ def openapi_document() -> dict[str, Any]:
             "schemas": {
                 "Prediction": _PREDICTION,
                 "Label": _LABEL,
+                "ShadowPrediction": _SHADOW,
                 "IngestAnswer": _INGEST_ANSWER,
                 "Error": _ERROR,
             },
