@@ -119,8 +119,9 @@ def _has_shadow_table(con: Any) -> bool:
 
 def judge_canary(con: Any, model: str, canary: str, control: str, *, mode: str = "split",
                  since: dt.datetime | None = None, until: dt.datetime | None = None,
-                 config: CanaryConfig = CanaryConfig(), now: dt.datetime | None = None) -> CanaryReport:
+                 config: CanaryConfig | None = None, now: dt.datetime | None = None) -> CanaryReport:
     """Judge `canary` against `control` of `model` on the store at `con`."""
+    config = config or CanaryConfig()
     if mode not in ("split", "shadow"):
         raise InputError(f"mode must be split or shadow; got {mode!r}.")
     if canary == control:
@@ -132,8 +133,8 @@ def judge_canary(con: Any, model: str, canary: str, control: str, *, mode: str =
     start = since or _canary_start(con, model, canary, mode)
 
     def report(verdict: str, reason: str, **kw: Any) -> CanaryReport:
-        base: dict[str, Any] = dict(p_value=None, mse_ratio=None, ci=None, n_canary=0, n_control=0,
-                                    label_coverage=None, mse_canary=None, mse_control=None)
+        base: dict[str, Any] = {"p_value": None, "mse_ratio": None, "ci": None, "n_canary": 0, "n_control": 0,
+                                "label_coverage": None, "mse_canary": None, "mse_control": None}
         base.update(kw)
         return CanaryReport(model, canary, control, mode, verdict, reason, since=start, until=end, **base)
 
@@ -171,8 +172,9 @@ def judge_canary(con: Any, model: str, canary: str, control: str, *, mode: str =
         pred_c = int(n_shadow)
     known = [c for c in coverage.values() if c is not None]
     worst = min(known) if known else None
-    arms = dict(n_canary=canary_m.n, n_control=control_m.n, label_coverage=worst,
-                mse_canary=canary_m.mean if canary_m.n else None, mse_control=control_m.mean if control_m.n else None)
+    arms = {"n_canary": canary_m.n, "n_control": control_m.n, "label_coverage": worst,
+            "mse_canary": canary_m.mean if canary_m.n else None,
+            "mse_control": control_m.mean if control_m.n else None}
     if pred_c == 0:
         return report("continue", f"no predictions of {model} {canary} in the judged range", **arms)
     if worst is not None and worst < config.min_coverage:
