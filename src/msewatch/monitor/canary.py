@@ -141,7 +141,8 @@ def judge_canary(con: Any, model: str, canary: str, control: str, *, mode: str =
     if start is None:
         return report("continue", f"no predictions of {model} {canary} yet")
     if start >= end:
-        return report("continue", "no prediction of the canary is old enough to judge yet (label_delay)")
+        delay = f" (now − label_delay {config.label_delay}s)" if config.label_delay else ""
+        return report("continue", f"no prediction of {model} {canary} before {_iso(end)}{delay}")
     if mode == "split":
         pred_c, canary_m = _split(con, model, canary, start, end)
         pred_b, control_m = _split(con, model, control, start, end)
