@@ -285,7 +285,7 @@ def test_default_baseline_is_the_median_of_daily_mse(store: Store) -> None:
     truth = store.truth  # type: ignore[attr-defined]
     until = dt.datetime.fromtimestamp(T0 + 2 * 86400, UTC)
     b = default_baseline(store.con, "m", until)
-    days = np.floor((T0 + 2 * 86400 - np.floor(truth["ts"] / 60) * 60) / 86400)
+    days = np.floor((np.floor(truth["ts"] / 60) * 60 - (T0 + 2 * 86400)) / 86400)  # days end at `until`
     daily = [truth["r2"][truth["labeled"] & (days == d)].mean() for d in np.unique(days[truth["labeled"]])]
     assert b is not None and not b.explicit
     assert math.isclose(b.mse, float(np.median(daily)), rel_tol=1e-9)

@@ -297,23 +297,27 @@ def alerts_evaluate(db: str | None, config_path: str | None, at: str | None, no_
 @click.option("--db", default=None, metavar="FILE", help="The store [default: $MSEWATCH_DB or msewatch.duckdb].")
 @click.option("--server", metavar="URL", help="Ask a running `msewatch serve` instead of --db.")
 @click.option("--token", metavar="TOKEN", help="Bearer token for --server with the read scope [default: $MSEWATCH_TOKEN].")
+@click.option("--config", "config_path", default=None, metavar="FILE",
+              help="msewatch.toml: its [[silences]] and [[maintenance]] count in muted_by.")
+@click.option("--at", metavar="TIME", help="Judge silences and maintenance windows at this time [default: now].")
 @click.option("--state", type=click.Choice(["active", "firing", "pending", "resolved", "all"]), default="active", show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def alerts_list(db: str | None, server: str | None, token: str | None, state: str, fmt: str) -> None:
+def alerts_list(db: str | None, server: str | None, token: str | None, config_path: str | None, at: str | None,
+                state: str, fmt: str) -> None:
     """The alerts as the last evaluation left them (with their runbooks in --format json)."""
     if server:
         from msewatch.remote import get_json
 
-        if db:
-            _fail("give --db or --server, not both.")
+        if db or config_path or at:
+            _fail("--server answers with the server's own store, config and clock: drop --db, --config and --at.")
         found = get_json(server, "/v1/alerts", {"state": state}, token=token)["alerts"]
     else:
-        from msewatch.monitor.config import MonitorConfig
+        from msewatch.config import load_config
         from msewatch.monitor.engine import Monitor
 
-        monitor = Monitor(MonitorConfig(), _open_store(db).con)
+        monitor = Monitor(load_config(config_path).monitor, _open_store(db).con)
         keep = {"active": ("pending", "firing"), "all": ("pending", "firing", "resolved")}.get(state, (state,))
-        now = dt.datetime.now(dt.timezone.utc)
+        now = _instant(at, "--at")
         silences = monitor.silences(now)
         found = [a.to_dict() | {"muted_by": monitor.muted_by(a, now, silences)}
                  for a in monitor.book.alerts.values() if a.state in keep]

@@ -170,7 +170,7 @@ def default_baseline(con: Any, model: str, until: dt.datetime, *, version: str |
         version_sql = "AND version = $v"
         params["v"] = version
     rows = con.execute(
-        f"""SELECT floor(($t0 - epoch(bucket_start)) / 86400) AS day, sum(n_labeled), sum(sum_sq)
+        f"""SELECT floor((epoch(bucket_start) - $t0) / 86400) AS day, sum(n_labeled), sum(sum_sq)
         FROM rollups WHERE model = $m {version_sql} AND bucket_start >= $lo AND bucket_start < $hi
           AND n_labeled > 0
         GROUP BY 1 ORDER BY 1""",

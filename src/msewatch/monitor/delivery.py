@@ -1,10 +1,11 @@
 """Notifications for one-shot evaluations (`msewatch alerts evaluate` from cron).
 
 A long-running server keeps a `notify.Dispatcher` with Alertmanager's group timers. A cron run
-lives for one evaluation, so it cannot wait `group_wait`: it notifies what changed in this run
-(alerts that started firing, alerts that resolved), grouped by model and alert name, and sends
-an unchanged firing group again once `repeat_interval` has passed since its last successful
-notification in the store's `notifications` log.
+lives for one evaluation, so it cannot wait `group_wait`: it notifies, grouped by model and
+alert name, what changed since the group's last successful notification in the store's
+`notifications` log (alerts that started firing, alerts that resolved), so a failed delivery is
+retried by the next run and an identical re-run sends nothing; an unchanged firing group is sent
+again once `repeat_interval` has passed.
 """
 
 from __future__ import annotations
@@ -62,10 +63,13 @@ class OneShotDispatcher:
                 labels = group_labels(a.labels)
                 groups.setdefault(group_key(labels), (labels, []))[1].append(a)
             for key, (labels, members) in sorted(groups.items()):
-                changed = [a for a in members if (a.state == "firing" and a.starts_at == now)
-                           or (a.state == "resolved" and a.ends_at == now)]
-                firing = [a for a in members if a.state == "firing"]
+                # what changed since this group's last successful notification (a failed one is
+                # retried by the next run; an identical re-run sends nothing)
                 last = self._last_sent(notifier.name, key)
+                changed = [a for a in members
+                           if (a.state == "firing" and (last is None or (a.starts_at or now) > last))
+                           or (a.state == "resolved" and last is not None and (a.ends_at or now) > last)]
+                firing = [a for a in members if a.state == "firing"]
                 repeat = firing and last is not None and (now - last).total_seconds() >= alerting.repeat_interval
                 if not changed and not repeat:
                     continue
