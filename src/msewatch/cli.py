@@ -165,7 +165,7 @@ def _warn_rejected(source: Any, result: Any) -> None:
 
 # -- ingest --------------------------------------------------------------------------------------
 @cli.command("ingest")
-@click.argument("kind", type=click.Choice(["predictions", "labels"]))
+@click.argument("kind", type=click.Choice(["predictions", "labels", "shadow"]))
 @click.argument("file")
 @click.option("--db", help="DuckDB store file [default: $MSEWATCH_DB or msewatch.duckdb].")
 @click.option("--rejects", help="Write rejected rows with their reasons to this NDJSON file.")
@@ -175,13 +175,16 @@ def _warn_rejected(source: Any, result: Any) -> None:
 @click.option("--version", "default_version", help="Model version for rows without one [default: 'default'].")
 @_column_options
 def ingest_command(kind: str, file: str, **kw: Any) -> None:
-    """Load a Parquet, CSV or NDJSON file of predictions or labels into the store.
+    """Load a Parquet, CSV or NDJSON file of predictions, labels or shadow predictions into the store.
 
     \b
     Re-ingesting a file changes nothing (its rows count as duplicates). A prediction id stored
     with different content is a conflict and is rejected. A different label for an id is a new
     revision, and history is kept; the label with the latest label_ts counts (without one, the
     last to arrive). Labels may arrive before their predictions.
+    `shadow`: predictions of a candidate version scored beside production (the canary judge's
+    shadow mode), with the columns of predictions; kept apart, keyed by prediction_id and
+    version, they never count in eval, rollups or /metrics. Other columns are ignored.
     The file is committed in one transaction; bad rows are rejected with their reason and the
     good rows beside them still land.
     """
@@ -207,7 +210,10 @@ def ingest_command(kind: str, file: str, **kw: Any) -> None:
     if kw["fmt"] == "json":
         import orjson
 
-        click.echo(orjson.dumps(result.summary()).decode())
+        summary: dict[str, Any] = dict(result.summary())
+        if result.ignored_columns:
+            summary["ignored_columns"] = result.ignored_columns
+        click.echo(orjson.dumps(summary).decode())
     else:
         click.echo(
             f"{kind}: {result.accepted} accepted, {result.duplicates} duplicates, "
@@ -218,6 +224,9 @@ def ingest_command(kind: str, file: str, **kw: Any) -> None:
         if result.rejected > 5:
             hint = "" if kw["rejects"] else "; --rejects FILE writes them all"
             click.echo(f"  … and {result.rejected - 5} more{hint}", err=True)
+        if result.ignored_columns:
+            what = ", ".join(repr(c) for c in result.ignored_columns)
+            click.echo(f"  ignored columns {what}: {kind} rows keep only the contract columns", err=True)
 
 
 class _progress:
@@ -268,6 +277,7 @@ def serve_command(db: str | None, config_path: str | None, host: str | None, por
 
     \b
     POST /v1/predictions, POST /v1/labels   JSON object, array, or NDJSON; answered once committed
+    POST /v1/shadow                         a candidate's shadow predictions (never in metrics)
     GET  /v1/metrics?window=1h&by=version   the JSON of `msewatch eval --format json`
     GET  /metrics                           Prometheus exposition (counts at label arrival)
     GET  /healthz, /readyz, /openapi.json
@@ -369,6 +379,7 @@ def rules_command(config_path: str | None, out: str | None) -> None:
 
 # the guardrail commands (baseline, slo, alerts, silence) register themselves on `cli`
 from msewatch import cli_monitor as _cli_monitor  # noqa: E402, F401
+from msewatch import cli_gate as _cli_gate  # noqa: E402, F401
 
 
 def main() -> None:

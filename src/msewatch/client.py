@@ -1,5 +1,9 @@
 """The Python SDK: log predictions and labels to `msewatch serve` from a model server.
 
+`Client.log_shadow_prediction` logs what a candidate version predicted for a request that
+production also scored (the canary judge's shadow mode): sent to `/v1/shadow`, stored apart and
+never counted in the metrics; pair it with production's prediction by `prediction_id`.
+
 `Client.log_prediction` and `Client.log_label` only serialize the event and append it to an
 in-memory queue, so the model's request path pays a few microseconds. A background thread
 sends the queue as NDJSON batches (one keep-alive connection) when `batch_size` events are
@@ -51,10 +55,10 @@ __all__ = ["Client", "ClientStats", "default_spool_dir"]
 
 log = logging.getLogger("msewatch.client")
 
-EventKind = Literal["predictions", "labels"]
+EventKind = Literal["predictions", "labels", "shadow"]
 OnReject = Callable[[str, dict[str, Any], str], None]
 
-_KINDS: tuple[EventKind, EventKind] = ("predictions", "labels")
+_KINDS: tuple[EventKind, ...] = ("predictions", "labels", "shadow")
 _RETRYABLE = frozenset({429}) | frozenset(range(500, 600))
 _MAX_RETRY_AFTER = 300.0  # a Retry-After longer than this is read as this
 _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC
@@ -107,7 +111,7 @@ class Client:
     `max_backoff` (or the server's Retry-After). `spool_dir` defaults to `default_spool_dir(url)`.
     `on_reject(kind, record, error)` is called from the client's thread for each row the server
     rejected (and each row lost because the spool could not be written); `kind` is
-    "predictions" or "labels", `record` the row as sent.
+    "predictions", "labels" or "shadow", `record` the row as sent.
 
     Use as a context manager, or call `close()`: events still queued at interpreter exit are
     flushed by an atexit hook, but a killed process loses its queue (not its spool).
@@ -169,7 +173,7 @@ class Client:
         self._probe = backoff
         self._down = False  # the last batch exhausted its retries: try new ones only once
         self._stop = threading.Event()  # set by close(): no more sending, spool what is left
-        self._last_kind: EventKind = "labels"
+        self._last_kind: EventKind = _KINDS[-1]  # so the first turn goes to predictions
         self._ignored_warned: set[tuple[str, ...]] = set()
 
         self._thread = threading.Thread(target=self._run, name="msewatch-client", daemon=True)
@@ -207,6 +211,36 @@ class Client:
         self._put("predictions", [_dumps(record)])
         return record["prediction_id"]
 
+    def log_shadow_prediction(
+        self,
+        y_pred: float,
+        *,
+        prediction_id: str,
+        version: str,
+        ts: str | float | dt.datetime | None = None,
+        model: str | None = None,
+    ) -> None:
+        """Queue what the candidate `version` predicted for the request `prediction_id`.
+
+        Shadow mode: a candidate scores the same requests as production, and its predictions
+        are stored apart (`/v1/shadow`), never counted in the metrics, and judged against
+        production's labels by `prediction_id`, which is therefore required (it is the id of
+        production's prediction), as is `version` (the client's default is production's).
+        `ts` defaults to now, `model` to the client's. Raises ValueError for a NaN or infinite
+        `y_pred` and TypeError for a value that is not a number.
+        """
+        if prediction_id is None or version is None:
+            raise ValueError("a shadow prediction needs the prediction_id of production's prediction and its version")
+        record: dict[str, Any] = {
+            "prediction_id": str(prediction_id),
+            "ts": dt.datetime.now(_UTC) if ts is None else ts,
+            "version": version,
+            "y_pred": _finite(y_pred, "y_pred"),
+        }
+        if (model := model or self.model) is not None:
+            record["model"] = model
+        self._put("shadow", [_dumps(record)])
+
     def log_label(
         self, prediction_id: str, y_true: float, *, label_ts: str | float | dt.datetime | None = None
     ) -> None:
@@ -241,6 +275,27 @@ class Client:
             ids.append(str(record["prediction_id"]))
         self._put("predictions", lines)
         return ids
+
+    def log_shadow_predictions(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Queue shadow prediction records (`prediction_id`, `version`, `y_pred`, optional `ts`, `model`).
+
+        A missing `ts` is now and a missing `model` the client's; `prediction_id` and `version`
+        have no default (ValueError, and nothing is queued), nor has a NaN or infinite `y_pred`.
+        Fields besides those are ignored by the server (reported as ignored fields).
+        """
+        lines: list[bytes] = []
+        now = dt.datetime.now(_UTC)
+        for i, rec in enumerate(records):
+            _check_finite(rec, "y_pred", i)
+            if rec.get("prediction_id") is None or rec.get("version") is None:
+                raise ValueError(f"record {i}: a shadow prediction needs prediction_id and version; nothing was queued")
+            record = dict(rec)
+            if record.get("ts") is None:
+                record["ts"] = now
+            if self.model is not None:
+                record.setdefault("model", self.model)
+            lines.append(_dumps(record))
+        self._put("shadow", lines)
 
     def log_labels(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Queue label records (`prediction_id`, `y_true`, optional `label_ts`) as they are.
@@ -403,9 +458,13 @@ class Client:
                     self._finish(batch)
 
     def _next_kind(self) -> EventKind:
-        """Alternate between kinds that have events, so neither starves the other."""
-        other: EventKind = "labels" if self._last_kind == "predictions" else "predictions"
-        kind = other if self._queues[other] else self._last_kind
+        """Take turns between the kinds that have events, so none starves the others."""
+        start = _KINDS.index(self._last_kind)
+        kind = self._last_kind
+        for step in range(1, len(_KINDS) + 1):
+            kind = _KINDS[(start + step) % len(_KINDS)]
+            if self._queues[kind]:
+                break
         self._last_kind = kind
         return kind
 
@@ -422,7 +481,7 @@ class Client:
         path = self._oldest_spool_file()
         if path is None:
             return
-        kind: EventKind = "labels" if path.name.endswith("-labels.ndjson") else "predictions"
+        kind: EventKind = next((k for k in _KINDS if path.name.endswith(f"-{k}.ndjson")), "predictions")
         try:
             lines = [line for line in path.read_bytes().split(b"\n") if line.strip()]
         except FileNotFoundError:

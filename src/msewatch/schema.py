@@ -34,7 +34,9 @@ __all__ = [
     "required_columns",
 ]
 
-Kind = Literal["predictions", "labels", "joined"]
+# "shadow": predictions of a candidate version scored beside production (the canary judge's
+# shadow mode), validated like predictions; only the contract columns are kept (no extras)
+Kind = Literal["predictions", "labels", "joined", "shadow"]
 
 UTC = dt.Timestamp(timezone="UTC")
 MAX_ID_LENGTH = 256
@@ -78,6 +80,7 @@ def required_columns(kind: Kind) -> tuple[str, ...]:
         "predictions": ("prediction_id", "ts", "y_pred"),
         "labels": ("prediction_id", "y_true"),
         "joined": ("y_pred", "y_true"),
+        "shadow": ("prediction_id", "ts", "y_pred"),
     }[kind]
 
 
@@ -141,14 +144,15 @@ def normalize(
     elif kind == "joined":
         out["prediction_id"] = raw["_row"].cast("string")
 
-    for contract in ("y_pred", "y_true"):
+    for contract in ("y_pred",) if kind == "shadow" else ("y_pred", "y_true"):
         value = col(contract)
         if value is not None:
             number, number_checks = _finite_number(value, contract)
             out[contract] = number
             checks += number_checks
 
-    for contract, required in (("ts", kind == "predictions"), ("label_ts", False)):
+    timed = (("ts", True),) if kind == "shadow" else (("ts", kind == "predictions"), ("label_ts", False))
+    for contract, required in timed:
         value = col(contract)
         if value is None:
             continue
@@ -175,7 +179,7 @@ def normalize(
                 )
         contract_sources = set(names.values())
         for name in raw.columns:
-            if name in contract_sources or name.startswith("_"):
+            if name in contract_sources or name.startswith("_") or kind == "shadow":  # no extras
                 continue
             clash = next((k for k in out if k.casefold() == name.casefold()), None)
             if clash is not None:  # would overwrite a contract column, or differs only by case

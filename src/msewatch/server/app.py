@@ -42,7 +42,8 @@ __all__ = ["create_app"]
 log = logging.getLogger("msewatch.server")
 
 RETRY_AFTER_SECONDS = 1
-_ROUTES = ("/v1/predictions", "/v1/labels", "/v1/metrics", "/v1/alerts", "/v1/slo", "/v1/silences", "/metrics",
+_ROUTES = ("/v1/predictions", "/v1/labels", "/v1/shadow", "/v1/metrics", "/v1/alerts", "/v1/slo", "/v1/silences", "/v1/canary",
+           "/v1/flagger", "/metrics",
            "/healthz", "/readyz", "/openapi.json")
 
 
@@ -108,12 +109,16 @@ def create_app(db: str, config: Config) -> Starlette:
             log.info("draining the ingest queue")
             await run_in_threadpool(state.close)
 
-    def authorize(request: Request, scope: str) -> Response | None:
+    def authorize(request: Request, scope: str, fallback: str | None = None) -> Response | None:
+        """None when the request may go on; else the 401/403 answer. `fallback` is a token
+        given another way (Flagger's webhook metadata, which cannot carry headers)."""
         tokens = config.tokens
         if not tokens:
             return None
         header = request.headers.get("authorization", "")
         kind, _, given = header.partition(" ")
+        if (kind.lower() != "bearer" or not given) and fallback:
+            kind, given = "bearer", fallback
         if kind.lower() != "bearer" or not given:
             return _error(401, "missing bearer token (Authorization: Bearer TOKEN)", {"WWW-Authenticate": "Bearer"})
         match = None
@@ -267,6 +272,57 @@ def create_app(db: str, config: Config) -> Starlette:
             return _error(404, f"no silence with id {silence_id}")
         return _json({"id": silence_id, "expired": True})
 
+    async def canary_v1(request: Request) -> Response:
+        denied = authorize(request, "read")
+        if denied:
+            return denied
+        if state.reads is None:
+            return _error(503, "not ready")
+        q = request.query_params
+        unknown = set(q) - {"model", "canary", "control", "mode", "since", "until"}
+        if unknown:
+            return _error(400, f"unknown query parameter {sorted(unknown)[0]!r}")
+        missing = [k for k in ("model", "canary", "control") if not q.get(k)]
+        if missing:
+            return _error(400, f"missing query parameter {missing[0]!r} (model, canary and control are required)")
+        try:
+            answer = await run_in_threadpool(_canary, state, dict(q))
+        except InputError as exc:
+            return _error(400, str(exc))
+        return _json(answer)
+
+    async def flagger_v1(request: Request) -> Response:
+        # Flagger's webhooks carry no headers: the token may come in metadata.token instead,
+        # so the (size-limited) body is read before the token is checked
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            doc = None
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        given = meta.get("token") if isinstance(meta, dict) and isinstance(meta.get("token"), str) else None
+        denied = authorize(request, "read", given)
+        if denied:
+            return denied
+        if state.reads is None:
+            return _error(503, "not ready")
+        if doc is None:
+            return _error(400, "the body must be Flagger's webhook JSON")
+        if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) and meta.get(k) for k in ("model", "canary", "control")):
+            return _error(400, "metadata must give model, canary and control (strings)")
+        params = {k: meta[k] for k in ("model", "canary", "control", "mode", "since", "until") if isinstance(meta.get(k), str)}
+        try:
+            answer = await run_in_threadpool(_canary, state, params)
+        except InputError as exc:
+            return _error(400, str(exc))
+        # Flagger counts a non-2xx answer as a failed check (and rolls back after `threshold`);
+        # metadata require = "pass" makes anything but pass fail (a confirm-promotion gate)
+        needed = meta.get("require") == "pass"
+        ok_verdict = answer["verdict"] == "pass" if needed else answer["verdict"] != "fail"
+        return _json(answer, 200 if ok_verdict else 412)
+
     async def prometheus(request: Request) -> Response:
         denied = authorize(request, "read")
         if denied:
@@ -287,9 +343,12 @@ def create_app(db: str, config: Config) -> Starlette:
     routes = [
         Route("/v1/predictions", ingest("predictions"), methods=["POST"]),
         Route("/v1/labels", ingest("labels"), methods=["POST"]),
+        Route("/v1/shadow", ingest("shadow"), methods=["POST"]),  # never counted in the metrics
         Route("/v1/metrics", metrics_v1, methods=["GET"]),
         Route("/v1/alerts", alerts_v1, methods=["GET"]),
         Route("/v1/slo", slo_v1, methods=["GET"]),
+        Route("/v1/canary", canary_v1, methods=["GET"]),
+        Route("/v1/flagger", flagger_v1, methods=["POST"]),
         Route("/v1/silences", silences_v1, methods=["GET", "POST"]),
         Route("/v1/silences/{silence_id}", silence_v1, methods=["DELETE"]),
         Route("/metrics", prometheus, methods=["GET"]),
@@ -432,3 +491,24 @@ def _expire_silence(watch: MonitorLoop, silence_id: int) -> bool:
 
     with watch.lock:
         return expire_silence(watch.cursor.con, silence_id)
+
+
+def _canary(state: _State, q: dict[str, str]) -> dict[str, Any]:
+    from msewatch.monitor.canary import judge_canary, run_rollback
+    from msewatch.units import parse_instant
+
+    config = state.config.monitor.canary
+    assert state.reads is not None
+    reader = state.reads.reader()
+    try:
+        report = judge_canary(
+            reader.con, q["model"], q["canary"], q["control"], mode=q.get("mode") or "split",
+            since=parse_instant(q["since"], option="since") if q.get("since") else None,
+            until=parse_instant(q["until"], option="until") if q.get("until") else None, config=config,
+        )
+        if report.verdict == "fail" and state.watch is not None:
+            with state.watch.lock:
+                report.rollback = run_rollback(state.watch.cursor.con, report, config)
+    finally:
+        reader.close()
+    return report.to_dict()

@@ -35,6 +35,7 @@ log = logging.getLogger("msewatch.server")
 _CONTRACT_NAMES = frozenset(ColumnMap().source_names().values())
 _CONTRACT = {n.casefold() for n in _CONTRACT_NAMES} | {"source", "ingested_at"}
 _LABEL_FIELDS = {"prediction_id", "y_true", "label_ts"}
+_SHADOW_FIELDS = {"prediction_id", "ts", "model", "version", "y_pred"}
 
 
 class Overloaded(Exception):
@@ -97,6 +98,8 @@ class Committer:
         """Fields HTTP may not store: unknown label fields, clashing names, columns past the cap."""
         if kind == "labels":
             return [n for n in names if n not in _LABEL_FIELDS]
+        if kind == "shadow":  # shadow rows keep no segments or features
+            return [n for n in names if n not in _SHADOW_FIELDS]
         drop = []
         with self._cond:
             known = self._known
@@ -188,6 +191,8 @@ class Committer:
                 self.collector.observe_pairs(outcome.pairs)
             if outcome.inserted is not None:
                 self.collector.observe_predictions(outcome.inserted)
+            if outcome.shadow is not None:  # never into the predictions or quality series
+                self.collector.observe_shadow(outcome.shadow)
             for result in outcome.results:
                 self.collector.observe_ingest(kind, result.accepted, result.duplicates, [r.error for r in result.rejects])
         except Exception:  # noqa: BLE001  (the rows are committed: answer, and log the exposition bug)

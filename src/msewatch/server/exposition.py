@@ -76,6 +76,7 @@ class QualityCollector(Collector):
         self._lock = threading.Lock()
         self._series: dict[tuple[str, ...], _Series] = {}
         self._predictions: dict[tuple[str, ...], int] = defaultdict(int)
+        self._shadow: dict[tuple[str, str], int] = defaultdict(int)  # (model, version) → n
         self._labels = 0
         self._rejects: dict[tuple[str, str], int] = defaultdict(int)
         self._duplicates: dict[str, int] = defaultdict(int)
@@ -132,6 +133,12 @@ class QualityCollector(Collector):
         with self._lock:
             for row in self._capped(inserted).to_pylist():
                 self._predictions[self._key(row)] += row["n"]
+
+    def observe_shadow(self, inserted: pa.Table) -> None:
+        """New shadow predictions by model and version, with their count `n` (no segments)."""
+        with self._lock:
+            for row in inserted.to_pylist():
+                self._shadow[(str(row["model"]), str(row["version"]))] += row["n"]
 
     def observe_ingest(self, kind: str, accepted: int, duplicates: int, errors: Sequence[str]) -> None:
         with self._lock:
@@ -195,6 +202,11 @@ class QualityCollector(Collector):
         neg = CounterMetricFamily("msewatch_residual_negative", "Sum of |negative residuals| (under-prediction); bias = (pos - neg) / count.", labels=names)
         preds = CounterMetricFamily("msewatch_predictions", "Predictions stored.", labels=names)
         labels = CounterMetricFamily("msewatch_labels", "Label rows stored (first labels and revisions).")
+        shadow = CounterMetricFamily(
+            "msewatch_shadow_predictions",
+            "Shadow predictions stored (a candidate version beside production; in no quality series).",
+            labels=["model", "version"],
+        )
         rejects = CounterMetricFamily("msewatch_ingest_rejected", "Rows refused at ingest, by reason.", labels=["kind", "reason"])
         dups = CounterMetricFamily("msewatch_ingest_duplicates", "Re-sent rows recognised as duplicates.", labels=["kind"])
         with self._lock:
@@ -215,11 +227,13 @@ class QualityCollector(Collector):
             for key, n in sorted(self._predictions.items()):
                 preds.add_metric(list(key), float(n))
             labels.add_metric([], float(self._labels))
+            for (model, version), n in sorted(self._shadow.items()):
+                shadow.add_metric([model, version], float(n))
             for (kind, reason), n in sorted(self._rejects.items()):
                 rejects.add_metric([kind, reason], float(n))
             for kind, n in sorted(self._duplicates.items()):
                 dups.add_metric([kind], float(n))
-        yield from (hist, latency, abs_err, pos, neg, preds, labels, rejects, dups)
+        yield from (hist, latency, abs_err, pos, neg, preds, labels, shadow, rejects, dups)
 
 
 def _le(bound: float) -> str:

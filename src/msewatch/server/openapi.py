@@ -216,7 +216,7 @@ def _monitor_paths() -> dict[str, Any]:
                                    "phase": {"type": "string"},
                                    "metadata": {"type": "object", "required": ["model", "canary", "control"],
                                                 "properties": {k: {"type": "string", "minLength": 1} for k in
-                                                               ("model", "canary", "control", "mode", "require")}}},
+                                                               ("model", "canary", "control", "mode", "require", "token")}}},
                 }}}},
                 "responses": {"200": _CANARY_ANSWER, "412": _CANARY_ANSWER,
                               "400": _error_response("a bad body"), "413": _error_response("body over the limit"),

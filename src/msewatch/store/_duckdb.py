@@ -8,6 +8,11 @@ conflict); a different label for an id is a new revision. The label that counts 
 with the latest `label_ts` (unknown counts as oldest), then the latest arrival: the rule that
 `eval --labels FILE` applies, so the store and files agree. Per-minute rollups are refreshed in
 the same transaction.
+
+Shadow predictions (kind "shadow": a candidate version scoring the same requests as production,
+for the canary judge's shadow mode) are validated like predictions and kept apart in
+`shadow_predictions`, keyed by (prediction_id, version): they never enter `predictions`, the
+rollups or anything evaluated from them, and carry no segment or feature columns.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from msewatch.store import _rollups as rollups
 __all__ = ["GroupIngest", "IngestResult", "Reject", "Store", "default_db_path"]
 
 _CORE_PREDICTION_COLUMNS = ("prediction_id", "ts", "model", "version", "y_pred")
+_SHADOW_KEY = ("prediction_id", "version")
+_SHADOW_CONTENT = ("ts", "model", "y_pred")
 _OLDEST = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
 
 _DDL = """
@@ -48,6 +55,16 @@ CREATE TABLE IF NOT EXISTS predictions (
     ingested_at TIMESTAMPTZ NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS predictions_prediction_id ON predictions (prediction_id);
+CREATE TABLE IF NOT EXISTS shadow_predictions (
+    prediction_id VARCHAR NOT NULL,
+    ts TIMESTAMPTZ NOT NULL,
+    model VARCHAR NOT NULL,
+    version VARCHAR NOT NULL,
+    y_pred DOUBLE NOT NULL,
+    source VARCHAR,
+    ingested_at TIMESTAMPTZ NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS shadow_predictions_key ON shadow_predictions (prediction_id, version);
 CREATE TABLE IF NOT EXISTS labels (
     prediction_id VARCHAR NOT NULL,
     y_true DOUBLE NOT NULL,
@@ -94,6 +111,7 @@ class IngestResult:
     duplicates: int = 0
     rejects: list[Reject] = field(default_factory=list)
     duplicate_rows: list[int] | None = None  # filled when the caller asks to track rows
+    ignored_columns: list[str] = field(default_factory=list)  # input columns not stored (shadow)
 
     def add_duplicates(self, rows: Sequence[int]) -> None:
         self.duplicates += len(rows)
@@ -123,6 +141,7 @@ class GroupIngest:
     results: list[IngestResult]
     pairs: pa.Table | None = None
     inserted: pa.Table | None = None  # new predictions: model, version, segments, n
+    shadow: pa.Table | None = None  # new shadow predictions: model, version, n
 
 
 class Store:
@@ -198,6 +217,7 @@ class Store:
         self._pair_columns: Sequence[str] | None = None
         self._pairs: pa.Table | None = None
         self._inserted: pa.Table | None = None
+        self._shadow_inserted: pa.Table | None = None
         # compiled validation SQL by input shape: many small requests share a few shapes
         self._normalize_sql: dict[tuple[Any, ...], tuple[str, str]] = {}
 
@@ -224,13 +244,17 @@ class Store:
 
     # -- reading --------------------------------------------------------------------------------
     def count(self, table: str) -> int:
-        if table not in ("predictions", "labels", "ingest_log"):
+        if table not in ("predictions", "labels", "ingest_log", "shadow_predictions"):
             raise ValueError(f"unknown table {table!r}")
         return int(self.con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0])
 
     def predictions(self) -> ir.Table:
         """All stored predictions, with segment and feature columns."""
         return self.engine.table("predictions")
+
+    def shadow_predictions(self) -> ir.Table:
+        """All stored shadow predictions: prediction_id, ts, model, version, y_pred, source, ingested_at."""
+        return self.engine.table("shadow_predictions")
 
     def current_labels(self) -> ir.Table:
         """The newest revision of each label: prediction_id, y_true, label_ts."""
@@ -324,7 +348,7 @@ class Store:
         if len(batches) > 1:  # validated in one statement: its planning is the fixed cost
             batches = concat_batches(batches).combine_chunks().to_batches()
         self._pair_columns = pair_columns
-        self._pairs = self._inserted = None
+        self._pairs = self._inserted = self._shadow_inserted = None
         try:
             self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts)
         finally:
@@ -339,7 +363,7 @@ class Store:
         for i, (batch, _) in enumerate(requests):
             r = results[i]
             r.accepted = batch.num_rows - r.duplicates - r.rejected
-        return GroupIngest(results, self._pairs, self._inserted)
+        return GroupIngest(results, self._pairs, self._inserted, self._shadow_inserted)
 
     def _ingest(
         self,
@@ -354,8 +378,8 @@ class Store:
         result: IngestResult | None = None,
         starts: Sequence[int] = (),
     ) -> IngestResult:
-        if kind not in ("predictions", "labels"):
-            raise ValueError(f"kind must be 'predictions' or 'labels'; got {kind!r}")
+        if kind not in ("predictions", "labels", "shadow"):
+            raise ValueError(f"kind must be 'predictions', 'labels' or 'shadow'; got {kind!r}")
         started = _now()
         result = result if result is not None else IngestResult()
         self._starts = starts
@@ -370,8 +394,11 @@ class Store:
             if stage.rows:
                 if kind == "predictions":
                     self._merge_predictions(stage, result)
+                elif kind == "shadow":
+                    self._merge_shadow(stage, result)
                 else:
                     self._merge_labels(stage, result)
+            result.ignored_columns.extend(c for c in stage.ignored if c not in result.ignored_columns)
             result.rejects.sort(key=lambda r: r.row)
             con.execute(
                 "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -471,6 +498,89 @@ class Store:
             "DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats; "
             "DROP TABLE IF EXISTS _firsts"
         )
+
+    def _merge_shadow(self, stage: _Stage, result: IngestResult) -> None:
+        """Shadow predictions into `shadow_predictions`: no extras, no rollups, no pairs.
+
+        The key is (prediction_id, version): the same key with the same ts, model and y_pred
+        is a duplicate, with other content a conflict; a production prediction with the same
+        id is another table and never compared.
+        """
+        con = self.con
+        key = " AND ".join(f"{{a}}.{_q(c)} = {{b}}.{_q(c)}" for c in _SHADOW_KEY)
+        same_as = lambda a, b: " AND ".join(
+            f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in _SHADOW_CONTENT
+        )
+        has_repeats = con.execute(
+            """SELECT count(*) > (SELECT count(*) FROM (SELECT DISTINCT prediction_id, version
+                                  FROM _stage WHERE _ok))
+            FROM _stage WHERE _ok"""
+        ).fetchall()[0][0]
+        if has_repeats:
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, version, min(_row) AS _first
+                FROM _stage WHERE _ok GROUP BY prediction_id, version HAVING count(*) > 1"""
+            )
+            con.execute(
+                """CREATE OR REPLACE TEMP VIEW _ranked AS
+                SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
+                FROM _stage s LEFT JOIN _repeats rp USING (prediction_id, version) WHERE s._ok"""
+            )
+            rows = con.execute(
+                f"""SELECT r._row, r.prediction_id, r.version, f._row, {same_as('r', 'f')}
+                FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
+                JOIN (SELECT * FROM _ranked WHERE _is_first) f ON {key.format(a='f', b='r')}"""
+            ).fetchall()
+        else:
+            con.execute("CREATE OR REPLACE TEMP VIEW _ranked AS SELECT *, true AS _is_first FROM _stage WHERE _ok")
+            rows = []
+        for row, pid, version, first_row, same in rows:
+            if same:
+                result.add_duplicates([row])
+            elif self._same_request(row, first_row):
+                result.rejects.append(
+                    Reject(row, f"shadow prediction_id {pid!r} of version {version!r} appears earlier in this "
+                           f"input (row {first_row}) with different content", {})
+                )
+            else:
+                result.rejects.append(
+                    Reject(row, f"shadow prediction_id {pid!r} of version {version!r} is already stored "
+                           "with different content", {})
+                )
+        names = ", ".join(_q(c) for c in _CORE_PREDICTION_COLUMNS)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first")
+        candidates = con.execute("SELECT count(*) FROM _insert").fetchall()[0][0]
+        stamp = self._stamp()
+        inserted = con.execute(
+            f"""INSERT INTO shadow_predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
+            ON CONFLICT DO NOTHING""",
+            [stage.source, stamp],
+        ).fetchall()
+        accepted = int(inserted[0][0]) if inserted else 0
+        result.accepted += accepted
+        if accepted < candidates:  # some keys were stored before this commit: which, and how
+            rows = con.execute(
+                f"""SELECT i._row, i.prediction_id, i.version, {same_as('i', 'p')}
+                FROM _insert i JOIN shadow_predictions p ON {key.format(a='p', b='i')}
+                WHERE p.ingested_at <> ?""",
+                [stamp],
+            ).fetchall()
+            for row, pid, version, same in rows:
+                if same:
+                    result.add_duplicates([row])
+                else:
+                    result.rejects.append(
+                        Reject(row, f"shadow prediction_id {pid!r} of version {version!r} is already stored "
+                               "with different content", {})
+                    )
+            con.execute(
+                "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
+            )
+        if self._pair_columns is not None:  # for the server's shadow counter
+            self._shadow_inserted = con.sql(
+                "SELECT model, version, count(*) AS n FROM _insert GROUP BY ALL"
+            ).to_arrow_table()
+        con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
@@ -620,6 +730,7 @@ class _Stage:
         self.default_model, self.default_version = default_model, default_version
         self.known = store.extra_columns()
         self.extras: dict[str, str] = {}
+        self.ignored: dict[str, None] = {}  # input columns a shadow row does not keep, in order
         self.rows = 0
         self.seen_required: set[str] = set()
         self.created = False
@@ -632,8 +743,15 @@ class _Stage:
         for name in [*required, *optional]:  # a key no record of this batch has is a null column
             if name not in batch.schema.names:
                 batch = batch.append_column(name, pa.nulls(batch.num_rows, pa.string()))
+        received = batch
         if self.kind == "predictions":
             self._register_extras(batch)
+        elif self.kind == "shadow":  # only the contract columns: no segments or features
+            keep = {names[c] for c in _CORE_PREDICTION_COLUMNS} | {"_row"}
+            dropped = [n for n in batch.schema.names if n not in keep]
+            if dropped:
+                self.ignored.update(dict.fromkeys(dropped))
+                batch = batch.drop_columns(dropped)
         sql, errors_sql = self._sql(batch.schema)
         con = self.store.con
         con.register("_batch", batch)
@@ -656,7 +774,7 @@ class _Stage:
             con.unregister("_batch")
         if bad:
             position = {row: i for i, row in enumerate(batch.column("_row").to_pylist())}
-            records = batch.take(pa.array([position[row] for row, _ in bad])).to_pylist()
+            records = received.take(pa.array([position[row] for row, _ in bad])).to_pylist()
             for (row, error), record in zip(bad, records):
                 record.pop("_row", None)
                 result.rejects.append(Reject(row, error, record))
