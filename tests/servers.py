@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
 from conftest import _clean_env, msewatch_command
 
 START_TIMEOUT = 60.0

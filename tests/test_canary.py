@@ -80,7 +80,7 @@ def test_split_verdict_equals_the_judge_on_numpy_moments(tmp_path: Path, tmp_pat
         report = judge_canary(store.con, "m", "v2", "v1", now=NOW)
     r2 = (truth["pred"] - truth["y"]) ** 2
     since = truth["t"][truth["v2"]].min() // 60 * 60  # from the canary's first minute
-    arm = lambda canary: truth["labeled"] & (truth["v2"] == canary) & (truth["t"] >= since)  # noqa: E731
+    arm = lambda canary: truth["labeled"] & (truth["v2"] == canary) & (truth["t"] >= since)
     expected = judge(moments(r2[arm(True)]), moments(r2[arm(False)]))
     assert report.verdict == expected.verdict == "fail"
     assert (report.n_canary, report.n_control) == (expected.n_canary, expected.n_control)

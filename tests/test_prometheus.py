@@ -28,7 +28,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-
 from servers import ServerProcess, free_port, require_binary
 
 SCRAPE_TIMEOUT = 30.0
@@ -63,7 +62,7 @@ class Prometheus:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self._log = open(self.log, "ab")  # noqa: SIM115  (open for the process's lifetime)
+        self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [
                 self.binary,

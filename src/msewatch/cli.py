@@ -378,8 +378,8 @@ def rules_command(config_path: str | None, out: str | None) -> None:
 
 
 # the guardrail commands (baseline, slo, alerts, silence) register themselves on `cli`
-from msewatch import cli_monitor as _cli_monitor  # noqa: E402, F401
-from msewatch import cli_gate as _cli_gate  # noqa: E402, F401
+from msewatch import cli_gate as _cli_gate
+from msewatch import cli_monitor as _cli_monitor
 
 
 def main() -> None:

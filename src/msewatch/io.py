@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from msewatch.errors import InputError
 
-__all__ = ["BatchReader", "FORMATS", "ParseReject", "concat_batches", "file_format", "records_to_batch", "scan"]
+__all__ = ["FORMATS", "BatchReader", "ParseReject", "concat_batches", "file_format", "records_to_batch", "scan"]
 
 FORMATS = {
     ".parquet": "parquet",
@@ -140,7 +140,7 @@ class BatchReader:
             raise InputError(f"{self.path}: duplicate column names in the header: {dupes}.")
         return names
 
-    def _iter_csv(self) -> Iterator[pa.RecordBatch]:  # noqa: C901
+    def _iter_csv(self) -> Iterator[pa.RecordBatch]:
         skipped: list[int] = []
 
         def on_invalid(row: Any) -> str:

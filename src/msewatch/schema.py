@@ -24,12 +24,12 @@ import ibis.expr.types as ir
 from msewatch.errors import InputError
 
 __all__ = [
-    "ColumnMap",
-    "Kind",
-    "check_required",
     "MAX_ID_LENGTH",
     "MAX_STRING_LENGTH",
     "UTC",
+    "ColumnMap",
+    "Kind",
+    "check_required",
     "normalize",
     "required_columns",
 ]

@@ -17,16 +17,16 @@ __all__ = [
     "METRIC_NAMES",
     "QUANTILES",
     "as_pair",
-    "mean_squared_error",
-    "root_mean_squared_error",
-    "mean_absolute_error",
-    "mean_bias_error",
     "error_variance",
-    "r2_score",
-    "mean_absolute_percentage_error",
     "huber_error",
-    "squared_error_quantiles",
+    "mean_absolute_error",
+    "mean_absolute_percentage_error",
+    "mean_bias_error",
+    "mean_squared_error",
+    "r2_score",
     "regression_metrics",
+    "root_mean_squared_error",
+    "squared_error_quantiles",
 ]
 
 #: floor of |y_true| in MAPE, scikit-learn's choice

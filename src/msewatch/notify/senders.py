@@ -163,7 +163,7 @@ def send(
             return result("failed", attempt, None, f"{type(exc).__name__}: {exc}")
         except httpx.TransportError as exc:
             http_status, error = None, f"{type(exc).__name__}: {exc}"
-        except Exception as exc:  # noqa: BLE001  (a bad URL or the like: no attempt can succeed)
+        except Exception as exc:
             return result("failed", attempt, None, f"{type(exc).__name__}: {exc}")
         else:
             http_status = response.status_code

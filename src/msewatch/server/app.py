@@ -18,8 +18,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.process_collector import ProcessCollector
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -186,7 +191,7 @@ def create_app(db: str, config: Config) -> Starlette:
                     result = await asyncio.wrap_future(future)
                 except MsewatchError as exc:
                     return _error(400, str(exc))
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     log.error("commit failed: %s", exc)
                     return _error(503, "the store could not commit this request; nothing of it was stored", {"Retry-After": str(RETRY_AFTER_SECONDS)})
                 accepted, duplicates = result.accepted, result.duplicates

@@ -22,7 +22,7 @@ import pyarrow.json as pajson
 from msewatch.io import records_to_batch
 from msewatch.schema import ColumnMap, Kind, required_columns
 
-__all__ = ["BodyError", "ParsedBody", "parse_body", "MAX_FIELD_CHARS", "MAX_FIELDS"]
+__all__ = ["MAX_FIELDS", "MAX_FIELD_CHARS", "BodyError", "ParsedBody", "parse_body"]
 
 MAX_FIELD_CHARS = 1024  # any longer string is rejected before it reaches the engine
 MAX_FIELDS = 64  # per record

@@ -165,7 +165,7 @@ class Committer:
     def _commit(self, group: list[_Pending]) -> None:
         try:
             self._commit_group(group)
-        except Exception as exc:  # noqa: BLE001  (each request then gets its own answer)
+        except Exception as exc:
             if len(group) == 1:
                 log.exception("commit failed")
                 _fail(group[0], exc)
@@ -174,7 +174,7 @@ class Committer:
             for item in group:
                 try:
                     self._commit_group([item])
-                except Exception as one:  # noqa: BLE001
+                except Exception as one:
                     log.exception("commit failed")
                     _fail(item, one)
 
@@ -195,7 +195,7 @@ class Committer:
                 self.collector.observe_shadow(outcome.shadow)
             for result in outcome.results:
                 self.collector.observe_ingest(kind, result.accepted, result.duplicates, [r.error for r in result.rejects])
-        except Exception:  # noqa: BLE001  (the rows are committed: answer, and log the exposition bug)
+        except Exception:
             log.exception("updating /metrics failed")
         for item, result in zip(group, outcome.results):
             if not item.future.done():

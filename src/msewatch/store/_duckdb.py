@@ -30,7 +30,7 @@ import ibis
 import ibis.expr.types as ir
 import orjson
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.compute
 
 from msewatch.errors import InputError, StoreError, StoreLockedError
 from msewatch.io import BatchReader, ParseReject, concat_batches
@@ -354,7 +354,7 @@ class Store:
         finally:
             self._pair_columns = None
         results = [IngestResult() for _ in requests]
-        which = lambda row: bisect.bisect_right(starts, row) - 1  # noqa: E731
+        which = lambda row: bisect.bisect_right(starts, row) - 1
         for row in total.duplicate_rows or ():
             results[which(row)].duplicates += 1
         for reject in total.rejects:
@@ -416,7 +416,7 @@ class Store:
     def _merge_predictions(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
         content = [*_CORE_PREDICTION_COLUMNS[1:], *stage.extras]
-        same_as = lambda a, b: " AND ".join(  # noqa: E731
+        same_as = lambda a, b: " AND ".join(
             f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
         )
         # ids repeated inside the input are rare: one count tells, a hash aggregate finds them

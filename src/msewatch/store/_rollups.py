@@ -21,10 +21,10 @@ from msewatch.metrics import EPSILON, ErrorStats
 
 __all__ = [
     "ROLLUP_DDL",
+    "ROLLUP_MIGRATIONS",
+    "ROLLUP_SECONDS",
     "add_first_labels",
     "add_predictions",
-    "ROLLUP_SECONDS",
-    "ROLLUP_MIGRATIONS",
     "rebuild",
     "refresh",
     "touched_by_labels",
