@@ -377,9 +377,10 @@ def rules_command(config_path: str | None, out: str | None) -> None:
         click.echo(f"msewatch: wrote {out}: {len(rules) - alerts} recording rules, {alerts} alerts", err=True)
 
 
-# the guardrail commands (baseline, slo, alerts, silence) register themselves on `cli`
-from msewatch import cli_gate as _cli_gate
-from msewatch import cli_monitor as _cli_monitor
+# the other commands live in their own modules and register themselves on `cli` when imported
+from msewatch import cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor
+
+COMMAND_MODULES = (cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ rest of the file. Every error names the key and the value, like the rest of the 
 
     [[alerts]]
     name = "price-mse-regression"
-    type = "delta_mse"        # delta_mse | cohort_regression | label_coverage | label_freshness | tail_error
+    type = "delta_mse"        # delta_mse | cohort_regression | label_coverage | label_freshness | tail_error | drift
     model = "price"
     severity = "page"
     for = "10m"
@@ -83,7 +83,8 @@ __all__ = [
 ]
 
 SEVERITIES = ("page", "ticket")
-RULE_TYPES = ("delta_mse", "cohort_regression", "label_coverage", "label_freshness", "tail_error")
+RULE_TYPES = ("delta_mse", "cohort_regression", "label_coverage", "label_freshness", "tail_error", "drift")
+DRIFT_TESTS = ("auto", "ks", "psi", "wasserstein", "js")  # msewatch.monitor.drift.TESTS
 NOTIFIER_TYPES = ("webhook", "alertmanager", "slack")
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -151,6 +152,11 @@ class AlertRule:
     min_coverage: float = 0.5  # label_coverage
     label_delay: int = 0  # label_coverage: judge predictions at least this old
     max_age: int = 6 * 3600  # label_freshness
+    columns: tuple[str, ...] = ()  # drift: the columns to compare (default: all) …
+    reference: int = 7 * 86400  # … the `window` vs this period before it
+    test: str = "auto"
+    alpha: float = 0.01  # chance of any false flag across the columns
+    min_effect: float = 0.1  # PSI, Wasserstein/sd or JS distance that counts as material
     labels: Mapping[str, str] = field(default_factory=dict)
     annotations: Mapping[str, str] = field(default_factory=dict)
     runbook: str = ""
@@ -447,6 +453,11 @@ def _rule(item: dict[str, Any], key: str, where: str) -> AlertRule:
         min_coverage=_number(item, "min_coverage", d.min_coverage, key, where, high=1.0),
         label_delay=_duration(item, "label_delay", 0, key, where, zero=True),
         max_age=_duration(item, "max_age", d.max_age, key, where),
+        columns=_names(item, "columns", key, where),
+        reference=_duration(item, "reference", d.reference, key, where),
+        test=_choice(item, "test", DRIFT_TESTS, key, where, d.test),
+        alpha=_number(item, "alpha", d.alpha, key, where, open_low=True, high=1.0, open_high=True),
+        min_effect=_number(item, "min_effect", d.min_effect, key, where, open_low=True),
         labels=_string_map(item, "labels", key, where),
         annotations=_string_map(item, "annotations", key, where),
         runbook=_text(item, "runbook", key, where, ""),
@@ -454,6 +465,13 @@ def _rule(item: dict[str, Any], key: str, where: str) -> AlertRule:
     if rule.type == "cohort_regression" and not rule.by:
         raise InputError(f"{where}: {key}: a cohort_regression rule needs by (the segment column).")
     return rule
+
+
+def _names(table: Mapping[str, Any], name: str, key: str, where: str) -> tuple[str, ...]:
+    value = table.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise _fail(where, f"{key}.{name}", value, "expected an array of column names")
+    return tuple(value)
 
 
 def _notifier(item: dict[str, Any], key: str, where: str) -> Notifier:

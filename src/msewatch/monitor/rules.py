@@ -9,6 +9,8 @@
   the quantile.
 - `label_coverage`: labeled share of the predictions old enough to be labeled (M6, F1).
 - `label_freshness`: no new label for `max_age` while predictions keep coming (F1).
+- `drift`: the distribution of each column (features, segments, y_pred, y_true) over the window
+  vs the `reference` period before it (`msewatch.monitor.drift`); one finding per drifting column.
 
 Whole-model rules read the per-minute rollups; cohort and tail rules read the raw rows of their
 window only (and of the 30-day default baseline, cached for an hour).
@@ -65,6 +67,14 @@ RULE_RUNBOOKS = {
         "1. Labels stopped: check the label pipeline (jobs, credentials, upstream source). "
         "2. MSE alerts are gated while labels are missing; they are not evidence the model is fine. "
         "3. Declare a maintenance window if a backfill is planned."
+    ),
+    "drift": (
+        "1. Check the upstream data of the column: pipeline changes, new sources, missing values, "
+        "schema or unit changes (km vs miles, cents vs dollars). "
+        "2. Check the cohort: did the traffic mix change (new region, client, campaign)? "
+        "msewatch drift --db … --model … --format json shows every column. "
+        "3. Compare with MSE (msewatch eval --db … --window 1h): drift without an MSE change may be "
+        "benign; drift with one points at the cause. Retrain if the new population is here to stay."
     ),
 }
 
@@ -282,3 +292,34 @@ class RuleEvaluator:
         )
         return [Finding(self._labels(rule), self._annotations(rule, f"{rule.model}: no labels for {format_duration(rule.max_age)}", desc),
                         None if last is None else age, rule.for_)]
+
+    def _drift(self, rule: AlertRule, at: dt.datetime) -> list[Finding]:
+        from msewatch.monitor.drift import DriftSettings, drift_from_store
+
+        # a scan of the raw rows of both periods: reused for a twelfth of the window (1 min to 1 h)
+        hit = self._cache.get(("drift", rule.name))
+        if hit is not None and 0 <= at.timestamp() - hit[0] < min(_CACHE_SECONDS, max(60, rule.window // 12)):
+            report = hit[1]
+        else:
+            lo, hi = self._span(rule, at)
+            settings = DriftSettings(test=rule.test, alpha=rule.alpha, min_n=rule.min_n, min_effect=rule.min_effect)
+            report = drift_from_store(self.con, rule.model, current=(lo, hi),
+                                      reference=(lo - dt.timedelta(seconds=rule.reference), lo),
+                                      version=rule.version, columns=rule.columns or None, settings=settings)
+            self._cache[("drift", rule.name)] = (at.timestamp(), report)
+        out = []
+        for c in report.columns:
+            if not c.drift:
+                continue
+            figures = ", ".join(f"{k} {v:.3g}" for k, v in (
+                ("KS", c.ks), ("p", c.p_value), ("PSI", c.psi), ("Wasserstein/sd", c.wasserstein_norm), ("JS", c.js),
+            ) if v is not None)
+            desc = (
+                f"{c.column} ({c.kind}) over the {format_duration(rule.window)} before {_iso(report.current['until'])} "
+                f"(n={c.n_current}) vs the {format_duration(rule.reference)} before it (n={c.n_reference}): "
+                f"{figures}. Test {report.rule_text()}"
+            )
+            summary = f"{rule.model}: {c.column} drifted ({c.test} {c.statistic:.3g})"
+            out.append(Finding(self._labels(rule, column=c.column), self._annotations(rule, summary, desc),
+                               c.statistic, rule.for_))
+        return out
