@@ -431,6 +431,9 @@ def _print_report(report: dict[str, Any], scenario: Scenario, echo: Callable[[st
     config = report["guardrails"]["config"]
     echo(f"  msewatch slo status --db {report['db']} --config {config} --at 2026-10-22")
     echo(f"  msewatch alerts list --db {report['db']} --format json")
+    echo(f"  msewatch canary --db {report['db']} --model pricing --canary v2 --control v1 --until 2026-10-17")
+    echo(f"  msewatch explain --db {report['db']} --model pricing --by region --a-since 2026-10-08 "
+         "--a-until 2026-10-10 --b-since 2026-10-17 --b-until 2026-10-19")
 
 
 def _print_guardrails(guardrails: dict[str, Any], scenario: Scenario, echo: Callable[[str], None]) -> None:
