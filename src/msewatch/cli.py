@@ -378,9 +378,9 @@ def rules_command(config_path: str | None, out: str | None) -> None:
 
 
 # the other commands live in their own modules and register themselves on `cli` when imported
-from msewatch import cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor
+from msewatch import cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor, cli_report
 
-COMMAND_MODULES = (cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor)
+COMMAND_MODULES = (cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor, cli_report)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from msewatch.server.bodies import BodyError, parse_body
 from msewatch.server.committer import Committer, Overloaded, ShuttingDown
 from msewatch.server.exposition import QualityCollector
 from msewatch.server.openapi import openapi_document
+from msewatch.server.pages import PAGE_ROUTES, dashboard_routes
 from msewatch.server.watch import MonitorLoop
 from msewatch.store import Store
 
@@ -49,7 +50,7 @@ log = logging.getLogger("msewatch.server")
 RETRY_AFTER_SECONDS = 1
 _ROUTES = ("/v1/predictions", "/v1/labels", "/v1/shadow", "/v1/metrics", "/v1/alerts", "/v1/slo", "/v1/silences", "/v1/canary",
            "/v1/flagger", "/metrics",
-           "/healthz", "/readyz", "/openapi.json")
+           "/healthz", "/readyz", "/openapi.json", *PAGE_ROUTES)
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -361,6 +362,7 @@ def create_app(db: str, config: Config) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
+    routes += dashboard_routes(state, authorize)  # the dashboard: /, /dashboard/…, /api/views/…, /assets/…
     async def internal_error(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s: %r", request.method, request.url.path, exc)
         return _error(500, "internal error; the server log has the details")
