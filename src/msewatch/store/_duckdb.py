@@ -413,78 +413,87 @@ class Store:
             con.execute("DROP TABLE IF EXISTS _stage")
         return result
 
-    def _merge_predictions(self, stage: _Stage, result: IngestResult) -> None:
+    def _insert_new(self, stage: _Stage, result: IngestResult, *, table: str, key: Sequence[str],
+                    content: Sequence[str], columns: Sequence[str], name: Callable[..., str]) -> None:
+        """Insert the valid staged rows into `table` once per `key`; leave them in `_insert`.
+
+        A key repeated inside the input, or already stored, with the same `content` is a
+        duplicate and with other content a conflict (rejected: `name(*key values)` says which
+        row). The table's unique index refuses stored keys, so the usual input (all new) costs
+        index probes, not a scan of every stored key. `_ranked` and `_repeats` stay for the caller.
+        """
         con = self.con
-        content = [*_CORE_PREDICTION_COLUMNS[1:], *stage.extras]
+        keys = ", ".join(_q(c) for c in key)
+        on = lambda a, b: " AND ".join(f"{a}.{_q(c)} = {b}.{_q(c)}" for c in key)
         same_as = lambda a, b: " AND ".join(
             f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
         )
-        # ids repeated inside the input are rare: one count tells, a hash aggregate finds them
+        # keys repeated inside the input are rare: one count tells, a hash aggregate finds them
         has_repeats = con.execute(
-            "SELECT count(*) > count(DISTINCT prediction_id) FROM _stage WHERE _ok"
+            f"SELECT count(*) > (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM _stage WHERE _ok)) "
+            "FROM _stage WHERE _ok"
         ).fetchall()[0][0]
         if has_repeats:
             con.execute(
-                """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, min(_row) AS _first
-                FROM _stage WHERE _ok GROUP BY prediction_id HAVING count(*) > 1"""
+                f"""CREATE OR REPLACE TEMP TABLE _repeats AS SELECT {keys}, min(_row) AS _first
+                FROM _stage WHERE _ok GROUP BY {keys} HAVING count(*) > 1"""
             )
             con.execute(
-                """CREATE OR REPLACE TEMP VIEW _ranked AS
+                f"""CREATE OR REPLACE TEMP VIEW _ranked AS
                 SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
-                FROM _stage s LEFT JOIN _repeats rp USING (prediction_id) WHERE s._ok"""
+                FROM _stage s LEFT JOIN _repeats rp USING ({keys}) WHERE s._ok"""
             )
         else:
             con.execute("CREATE OR REPLACE TEMP VIEW _ranked AS SELECT *, true AS _is_first FROM _stage WHERE _ok")
         # repeats inside the input: identical ones are duplicates, different ones conflicts
         rows = [] if not has_repeats else con.execute(
-            f"""SELECT r._row, r.prediction_id, f._row, {same_as('r', 'f')}
+            f"""SELECT r._row, f._row, {same_as('r', 'f')}, {', '.join('r.' + _q(c) for c in key)}
             FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
-            JOIN (SELECT * FROM _ranked WHERE _is_first
-                  AND prediction_id IN (SELECT prediction_id FROM _repeats)) f
-              ON f.prediction_id = r.prediction_id"""
+            JOIN (SELECT * FROM _ranked SEMI JOIN _repeats USING ({keys}) WHERE _is_first) f ON {on('f', 'r')}"""
         ).fetchall()
-        for row, pid, first_row, same in rows:
+        for row, first_row, same, *values in rows:
             if same:
                 result.add_duplicates([row])
             elif self._same_request(row, first_row):
-                result.rejects.append(
-                    Reject(row, f"prediction_id {pid!r} appears earlier in this input (row {first_row}) "
-                           "with different content", {})
-                )
+                result.rejects.append(Reject(
+                    row, f"{name(*values)} appears earlier in this input (row {first_row}) with different content", {}
+                ))
             else:
-                result.rejects.append(
-                    Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
-                )
-        # against the store: the unique index refuses ids already stored, so the usual input
-        # (all new) costs index probes, not a scan of every stored id
-        names = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *stage.extras])
+                result.rejects.append(Reject(row, f"{name(*values)} is already stored with different content", {}))
+        names = ", ".join(_q(c) for c in columns)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first")
         candidates = con.execute("SELECT count(*) FROM _insert").fetchall()[0][0]
         stamp = self._stamp()
         inserted = con.execute(
-            f"""INSERT INTO predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
+            f"""INSERT INTO {table} ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
             ON CONFLICT DO NOTHING""",
             [stage.source, stamp],
         ).fetchall()
         accepted = int(inserted[0][0]) if inserted else 0
         result.accepted += accepted
-        if accepted < candidates:  # some ids were stored before this commit: which, and how
+        if accepted < candidates:  # some keys were stored before this commit: which, and how
             rows = con.execute(
-                f"""SELECT i._row, i.prediction_id, {same_as('i', 'p')}
-                FROM _insert i JOIN predictions p ON p.prediction_id = i.prediction_id
+                f"""SELECT i._row, {same_as('i', 'p')}, {', '.join('i.' + _q(c) for c in key)}
+                FROM _insert i JOIN {table} p ON {on('p', 'i')}
                 WHERE p.ingested_at <> ?""",
                 [stamp],
             ).fetchall()
-            for row, pid, same in rows:
+            for row, same, *values in rows:
                 if same:
                     result.add_duplicates([row])
                 else:
-                    result.rejects.append(
-                        Reject(row, f"prediction_id {pid!r} is already stored with different content", {})
-                    )
+                    result.rejects.append(Reject(row, f"{name(*values)} is already stored with different content", {}))
             con.execute(
                 "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
             )
+
+    def _merge_predictions(self, stage: _Stage, result: IngestResult) -> None:
+        con = self.con
+        self._insert_new(
+            stage, result, table="predictions", key=("prediction_id",),
+            content=[*_CORE_PREDICTION_COLUMNS[1:], *stage.extras],
+            columns=[*_CORE_PREDICTION_COLUMNS, *stage.extras], name=lambda pid: f"prediction_id {pid!r}",
+        )
         # the new predictions whose label came first: usually none (one scan of the labels)
         available = {*_CORE_PREDICTION_COLUMNS, *stage.extras}
         labeled = self._keep_firsts(
@@ -507,75 +516,11 @@ class Store:
         id is another table and never compared.
         """
         con = self.con
-        key = " AND ".join(f"{{a}}.{_q(c)} = {{b}}.{_q(c)}" for c in _SHADOW_KEY)
-        same_as = lambda a, b: " AND ".join(
-            f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in _SHADOW_CONTENT
+        self._insert_new(
+            stage, result, table="shadow_predictions", key=_SHADOW_KEY, content=_SHADOW_CONTENT,
+            columns=_CORE_PREDICTION_COLUMNS,
+            name=lambda pid, version: f"shadow prediction_id {pid!r} of version {version!r}",
         )
-        has_repeats = con.execute(
-            """SELECT count(*) > (SELECT count(*) FROM (SELECT DISTINCT prediction_id, version
-                                  FROM _stage WHERE _ok))
-            FROM _stage WHERE _ok"""
-        ).fetchall()[0][0]
-        if has_repeats:
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE _repeats AS SELECT prediction_id, version, min(_row) AS _first
-                FROM _stage WHERE _ok GROUP BY prediction_id, version HAVING count(*) > 1"""
-            )
-            con.execute(
-                """CREATE OR REPLACE TEMP VIEW _ranked AS
-                SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
-                FROM _stage s LEFT JOIN _repeats rp USING (prediction_id, version) WHERE s._ok"""
-            )
-            rows = con.execute(
-                f"""SELECT r._row, r.prediction_id, r.version, f._row, {same_as('r', 'f')}
-                FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
-                JOIN (SELECT * FROM _ranked WHERE _is_first) f ON {key.format(a='f', b='r')}"""
-            ).fetchall()
-        else:
-            con.execute("CREATE OR REPLACE TEMP VIEW _ranked AS SELECT *, true AS _is_first FROM _stage WHERE _ok")
-            rows = []
-        for row, pid, version, first_row, same in rows:
-            if same:
-                result.add_duplicates([row])
-            elif self._same_request(row, first_row):
-                result.rejects.append(
-                    Reject(row, f"shadow prediction_id {pid!r} of version {version!r} appears earlier in this "
-                           f"input (row {first_row}) with different content", {})
-                )
-            else:
-                result.rejects.append(
-                    Reject(row, f"shadow prediction_id {pid!r} of version {version!r} is already stored "
-                           "with different content", {})
-                )
-        names = ", ".join(_q(c) for c in _CORE_PREDICTION_COLUMNS)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first")
-        candidates = con.execute("SELECT count(*) FROM _insert").fetchall()[0][0]
-        stamp = self._stamp()
-        inserted = con.execute(
-            f"""INSERT INTO shadow_predictions ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
-            ON CONFLICT DO NOTHING""",
-            [stage.source, stamp],
-        ).fetchall()
-        accepted = int(inserted[0][0]) if inserted else 0
-        result.accepted += accepted
-        if accepted < candidates:  # some keys were stored before this commit: which, and how
-            rows = con.execute(
-                f"""SELECT i._row, i.prediction_id, i.version, {same_as('i', 'p')}
-                FROM _insert i JOIN shadow_predictions p ON {key.format(a='p', b='i')}
-                WHERE p.ingested_at <> ?""",
-                [stamp],
-            ).fetchall()
-            for row, pid, version, same in rows:
-                if same:
-                    result.add_duplicates([row])
-                else:
-                    result.rejects.append(
-                        Reject(row, f"shadow prediction_id {pid!r} of version {version!r} is already stored "
-                               "with different content", {})
-                    )
-            con.execute(
-                "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
-            )
         if self._pair_columns is not None:  # for the server's shadow counter
             self._shadow_inserted = con.sql(
                 "SELECT model, version, count(*) AS n FROM _insert GROUP BY ALL"
