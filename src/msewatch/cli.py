@@ -45,6 +45,52 @@ def _columns(kw: dict[str, Any]) -> Any:
     )
 
 
+def _engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that run the command's queries in another engine (msewatch.engines)."""
+    options = [
+        click.option("--engine", "engine_url", metavar="URL",
+                     help="Run the queries in this engine: duckdb://FILE, pyspark://, chdb://, clickhouse://…, "
+                          "bigquery://… [default: [engine] url of --config]."),
+        click.option("--predictions-table", metavar="NAME", help="Predictions table in the engine [default: predictions]."),
+        click.option("--labels-table", metavar="NAME", help="Labels table in the engine [default: labels]."),
+        click.option("--lake", metavar="DIR", help="Read a lake written by `msewatch serve --sink` / `msewatch export` "
+                                               "instead of tables (with --engine, or in DuckDB)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | None = None) -> Any:
+    """An EvalInput over the engine named by the options (or None when none is asked for).
+
+    Pops the engine options from `kw`; the options win over `[engine]` of the config file."""
+    from msewatch.config import load_config
+    from msewatch.engines import EngineTables, connect, engine_source
+
+    url, lake = kw.pop("engine_url", None), kw.pop("lake", None)
+    pred_table, label_table = kw.pop("predictions_table", None), kw.pop("labels_table", None)
+    settings = load_config(config_path).engine if config_path else None
+    if settings is not None and not url:
+        url = settings.url or None
+    if not url and not lake:
+        if pred_table or label_table:
+            _fail("--predictions-table and --labels-table go with --engine URL.")
+        return None
+    mapping = {**(settings.columns if settings else {})}
+    if columns is not None:
+        mapping.update({k: v for k, v in columns.source_names().items() if v != k})
+    from msewatch.schema import ColumnMap
+
+    where = EngineTables(
+        predictions=pred_table or (settings.predictions_table if settings else "predictions"),
+        labels=label_table or (settings.labels_table if settings else "labels"),
+        lake=lake or (settings.lake if settings else None) or None,
+        columns=ColumnMap().with_overrides(**mapping),
+    )
+    return engine_source(connect(url or "duckdb://"), where)
+
+
 def _fail(message: str) -> None:
     click.echo(f"msewatch: error: {message}", err=True)
     sys.exit(USAGE_ERROR)
@@ -78,6 +124,8 @@ def cli() -> None:
 @click.option("--until", metavar="TIME", help="Predictions before this time.")
 @click.option("--huber-delta", type=float, default=1.0, show_default=True, help="δ of the Huber loss.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@_engine_options
+@click.option("--config", "config_path", metavar="FILE", help="msewatch.toml with an [engine] section (for --engine).")
 @_column_options
 def eval_command(**kw: Any) -> None:
     """Evaluate MSE, RMSE, MAE, bias, R², MAPE, Huber and squared-error quantiles.
@@ -88,17 +136,22 @@ def eval_command(**kw: Any) -> None:
       msewatch eval --predictions preds.parquet --labels labels.csv --window 1h --by region,version
       msewatch eval --db msewatch.duckdb --model pricing --rolling 24h --step 1h
       msewatch eval --server http://127.0.0.1:8080 --window 1h --by version
+      msewatch eval --engine pyspark:// --predictions-table ml.predictions --labels-table ml.labels --window 1h
+      msewatch eval --engine chdb:// --lake /data/msewatch-lake --by version
     Rows that fail validation are left out and counted on stderr; `msewatch ingest` lists them.
+    With --engine the whole query runs in that engine and only the result rows come back.
     """
     from msewatch.evaluate import EvalSpec, evaluate
     from msewatch.output import render
 
     columns = _columns(kw)
-    modes = [m for m in ("data", "predictions_path", "db", "server") if kw[m]]
+    engine_asked = any(kw.get(k) for k in ("engine_url", "lake", "predictions_table", "labels_table")) or (
+        kw["config_path"] and not any(kw[m] for m in ("data", "predictions_path", "db", "server")))
+    modes = [m for m in ("data", "predictions_path", "db", "server") if kw[m]] + ["engine"] * bool(engine_asked)
     if len(modes) != 1:
         _fail(
-            "give exactly one source: --data FILE, --predictions FILE --labels FILE, --db FILE "
-            "or --server URL."
+            "give exactly one source: --data FILE, --predictions FILE --labels FILE, --db FILE, "
+            "--server URL or --engine URL (or --lake DIR)."
         )
     if kw["token"] and not kw["server"]:
         _fail("--token goes with --server.")
@@ -123,7 +176,11 @@ def eval_command(**kw: Any) -> None:
         click.echo(render(rows, spec.output_columns(rows), kw["fmt"]))
         return
     store = None
-    if kw["db"]:
+    if engine_asked:
+        source = _engine_source(kw, columns, kw["config_path"])
+        if source is None:
+            _fail(f"{kw['config_path']}: no [engine] url; give --engine URL.")
+    elif kw["db"]:
         from msewatch.sources import from_store
         from msewatch.store import Store
 
@@ -143,7 +200,20 @@ def eval_command(**kw: Any) -> None:
     finally:
         if store is not None:
             store.close()
-    click.echo(render(result.rows, spec.output_columns(result.rows), kw["fmt"]))
+    columns_out = spec.output_columns(result.rows)
+    if engine_asked:
+        from msewatch.engines import quantile_note
+
+        if result.rejected_predictions:
+            click.echo(f"msewatch: warning: left out {result.rejected_predictions} prediction rows with a null id, "
+                       "time, model or version or a non-finite y_pred.", err=True)
+        note = quantile_note(source.engine)
+        if note:  # the contract's exact quantiles are not available in this engine
+            click.echo(f"msewatch: note: squared-error quantiles are approximate ({note}).", err=True)
+            for row in result.rows:
+                row["approximate"] = True
+            columns_out.append("approximate")
+    click.echo(render(result.rows, columns_out, kw["fmt"]))
 
 
 def _warn_rejected(source: Any, result: Any) -> None:

@@ -12,6 +12,11 @@ Every key has a default, so `msewatch serve` runs with no file. A wrong key or v
     max_extra_columns = 64            # segment/feature columns HTTP may add to the store
     commit_delay_ms = 5               # a commit waits this long for more requests to share it
 
+    [sink]                            # Parquet lake of accepted rows (or `serve --sink DIR`)
+    dir = "/data/msewatch-lake"
+    flush_seconds = 10                # rows reach the lake within this long of their commit…
+    flush_rows = 1000000              # …or once this many wait
+
     [[tokens]]
     name = "model-servers"
     token_env = "MSEWATCH_INGEST_TOKEN"
@@ -41,7 +46,7 @@ from typing import Any
 from msewatch.errors import InputError
 from msewatch.monitor.config import MonitorConfig, parse_monitor
 
-__all__ = ["SCOPES", "Config", "MetricsConfig", "ModelConfig", "ServerConfig", "Token", "load_config"]
+__all__ = ["SCOPES", "Config", "EngineConfig", "MetricsConfig", "ModelConfig", "ServerConfig", "SinkConfig", "Token", "load_config"]
 
 SCOPES = ("ingest", "read", "admin")
 DEFAULT_SQUARED_ERROR_BUCKETS = (
@@ -87,6 +92,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    """`[engine]`: where `--engine` commands find the data (see msewatch.engines)."""
+
+    url: str = ""
+    predictions_table: str = "predictions"
+    labels_table: str = "labels"
+    lake: str = ""
+    #: contract name → the table's column name (prediction_id, ts, model, version, y_pred, y_true, label_ts)
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """`[sink]`: the Parquet lake `msewatch serve` appends to (msewatch.lake); `--sink` sets `dir`."""
+
+    dir: str = ""
+    flush_seconds: int = 10  # new rows reach the lake at most this long after their commit
+    flush_rows: int = 1_000_000  # or sooner, once this many rows wait; also the rows per round
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = ServerConfig()
     metrics: MetricsConfig = MetricsConfig()
@@ -94,6 +120,8 @@ class Config:
     tokens: tuple[Token, ...] = ()
     path: str | None = None
     monitor: MonitorConfig = MonitorConfig()
+    engine: EngineConfig = EngineConfig()
+    sink: SinkConfig = SinkConfig()
 
     def buckets_for(self, model: str) -> tuple[float, ...]:
         """Squared-error bucket bounds of `model`, its SLO thresholds always among them."""
@@ -121,7 +149,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InputError(f"{p}: not valid TOML ({exc}).") from exc
-    known = {"server", "metrics", "models", "tokens", "alerting", "slos", "alerts", "notifiers", "silences", "maintenance", "canary"}
+    known = {"server", "metrics", "models", "tokens", "alerting", "slos", "alerts", "notifiers", "silences", "maintenance", "canary", "engine", "sink"}
     _no_unknown(data, known, "", where)
     server = _section(data, "server", ServerConfig, where)
     metrics = _metrics(data.get("metrics", {}), where)
@@ -129,7 +157,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     tokens = _tokens(data.get("tokens", []), env, where) + _env_tokens(env.get("MSEWATCH_TOKENS", ""))
     monitor = parse_monitor(data, where)
     return Config(
-        server=server, metrics=metrics, models=models, tokens=tokens, path=str(path) if path else None, monitor=monitor
+        server=server, metrics=metrics, models=models, tokens=tokens, path=str(path) if path else None, monitor=monitor,
+        engine=_engine(data.get("engine", {}), where), sink=_section(data, "sink", SinkConfig, where),
     )
 
 
@@ -197,6 +226,21 @@ def _metrics(table: Any, where: str) -> MetricsConfig:
         if key in table:
             kw[key] = _bounds(table[key], f"metrics.{key}", where)
     return MetricsConfig(**kw)
+
+
+def _engine(table: Any, where: str) -> EngineConfig:
+    from msewatch.schema import ColumnMap
+
+    if not isinstance(table, dict):
+        raise _fail(where, "engine", table, "expected a table")
+    scalars = {k: v for k, v in table.items() if k != "columns"}
+    base = _section({"engine": scalars}, "engine", EngineConfig, where)
+    columns = table.get("columns", {})
+    known = set(ColumnMap().source_names())
+    if not isinstance(columns, dict) or not all(isinstance(v, str) and v for v in columns.values()):
+        raise _fail(where, "engine.columns", columns, "expected a table of contract name = column name")
+    _no_unknown(columns, known, "engine.columns.", where)
+    return EngineConfig(**{**base.__dict__, "columns": dict(columns)})
 
 
 def _models(table: Any, where: str) -> dict[str, ModelConfig]:

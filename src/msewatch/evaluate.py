@@ -352,9 +352,10 @@ def _assign_windows(
     size = spec.rolling or 0
     step = spec.step or size
     base = (epoch / step).floor().cast("int64") * step
-    offsets = ibis.memtable({"_k": list(range(size // step))})
     first = (epoch_seconds(data.ts.min(where=valid), dialect) / step).floor().cast("int64") * step
-    expanded = data.mutate(_base=base).cross_join(offsets)
+    # each row once per window containing it: k = 0 … size/step − 1 windows back (an unnested
+    # range, not a joined in-memory table, which not every engine can receive)
+    expanded = data.mutate(_base=base, _k=ibis.range(size // step).unnest())
     expanded = expanded.mutate(window_start=expanded._base - expanded._k * step)
     # drop the leading windows that start before the first prediction: they would be partial;
     # rows without a time (rejected ones) stay, to be counted

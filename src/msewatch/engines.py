@@ -1,0 +1,248 @@
+"""Query engines: where evaluation, drift and SLO queries run when the data is not in the store.
+
+`connect(url)` turns an engine URL into an Ibis backend set up the way msewatch's queries need
+(UTC session time zone, exact quantiles where the engine has them); `engine_source` reads a
+predictions table and a labels table (or a lake written by `msewatch serve --sink`) from it, in
+contract column names. The queries themselves are the same Ibis expressions the embedded store
+runs, so they compute in the warehouse and only result rows come back.
+
+    duckdb://                 in-memory DuckDB (with --lake or tables registered in Python)
+    duckdb:///path/file.duckdb  a DuckDB file, read-only
+    pyspark://                a local SparkSession (pyspark://?master=spark://host:7077, and
+                              spark.* settings as query parameters, e.g. ?spark.executor.memory=8g)
+    chdb://  chdb:///path     ClickHouse's engine in-process (chdb)
+    clickhouse://user:pw@host:8123/db, bigquery://project/dataset, trino://…, snowflake://…
+                              through Ibis's backends of those names
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any
+
+import ibis
+import ibis.expr.types as ir
+
+from msewatch.errors import InputError
+from msewatch.schema import UTC, ColumnMap
+
+__all__ = [
+    "APPROXIMATE_QUANTILES",
+    "EngineTables",
+    "connect",
+    "engine_source",
+    "engine_tables",
+    "quantile_note",
+]
+
+#: engines whose Ibis quantile is approximate, with the engine's documented error
+APPROXIMATE_QUANTILES = {
+    "bigquery": "BigQuery APPROX_QUANTILES: approximate, error bound not published (about 1/number of buckets)",
+    "trino": "Trino approx_percentile: q-digest, rank error about 1%",
+    "clickhouse-sampling": "ClickHouse quantile: reservoir of 8192 values, exact below that count",
+}
+
+_EXTRAS = {"pyspark": "pyspark", "clickhouse": "clickhouse-connect", "chdb": "chdb", "bigquery": "google-cloud-bigquery",
+           "trino": "trino", "snowflake": "snowflake-connector-python"}
+
+
+@dataclass(frozen=True)
+class EngineTables:
+    """Where the data is in the engine: two tables, or a lake directory, and column names."""
+
+    predictions: str = "predictions"
+    labels: str = "labels"
+    lake: str | None = None
+    columns: ColumnMap = field(default_factory=ColumnMap)
+
+
+def connect(url: str | Any) -> Any:
+    """An Ibis backend for `url` (or for a SparkSession object), ready for msewatch's queries."""
+    if not isinstance(url, str):
+        if type(url).__name__ == "SparkSession":
+            return _spark_backend(url)
+        raise InputError(f"--engine: expected a URL or a SparkSession; got {type(url).__name__}.")
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if not scheme:
+        raise InputError(f"--engine {url!r}: expected a URL such as duckdb://, pyspark:// or chdb://.")
+    try:
+        if scheme == "duckdb":
+            return _duckdb(parts)
+        if scheme in ("pyspark", "spark"):
+            return _spark(parts)
+        if scheme == "chdb":
+            return _chdb(url)
+        if scheme == "clickhouse":
+            return _exact_clickhouse(ibis.connect(url))
+        return ibis.connect(url)
+    except ModuleNotFoundError as exc:
+        package = _EXTRAS.get(scheme, exc.name or scheme)
+        raise InputError(f"--engine {scheme}://: the {package!r} package is not installed (pip install {package}).") from exc
+
+
+def quantile_note(engine: Any) -> str | None:
+    """Why this engine's squared-error quantiles are approximate, or None when they are exact."""
+    return APPROXIMATE_QUANTILES.get(getattr(engine, "name", ""))
+
+
+def _duckdb(parts: urllib.parse.SplitResult) -> Any:
+    from msewatch.evaluate import DUCKDB_MACROS
+
+    path = (parts.netloc + parts.path) or ":memory:"
+    if path != ":memory:" and not os.path.exists(path):
+        raise InputError(f"--engine duckdb://{path}: no such file.")
+    engine = ibis.duckdb.connect(path, read_only=path != ":memory:")
+    engine.raw_sql("SET TimeZone = 'UTC'")
+    if path == ":memory:":
+        engine.raw_sql(DUCKDB_MACROS)
+    else:  # a read-only file takes no macro: define it in a temporary schema
+        engine.raw_sql(DUCKDB_MACROS.replace("MACRO msewatch_label_key", "TEMP MACRO msewatch_label_key"))
+    return engine
+
+
+def _spark(parts: urllib.parse.SplitResult) -> Any:
+    from pyspark.sql import SparkSession
+
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    master = query.pop("master", None) or (f"spark://{parts.netloc}" if parts.netloc else "local[*]")
+    builder = SparkSession.builder.appName("msewatch").master(master)
+    builder = builder.config("spark.sql.session.timeZone", "UTC").config("spark.ui.showConsoleProgress", "false")
+    if master.startswith("local"):
+        builder = builder.config("spark.ui.enabled", "false").config(
+            "spark.sql.shuffle.partitions", str(2 * (os.cpu_count() or 1))
+        )
+    for key, value in query.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    return _spark_backend(session)
+
+
+def _spark_backend(session: Any) -> Any:
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    return ibis.pyspark.connect(session)
+
+
+def _chdb(url: str) -> Any:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=url)
+    return _exact_clickhouse(ibis.clickhouse.from_connection(client))
+
+
+def _exact_clickhouse(engine: Any) -> Any:
+    """ClickHouse with exact quantiles: Ibis compiles them to `quantile`, a sampling estimate;
+    `quantileExactInclusive` interpolates like NumPy's default and DuckDB's quantile_cont."""
+    engine.compiler = _exact_compiler(type(engine.compiler))()
+    return engine
+
+
+_COMPILERS: dict[type, type] = {}
+
+
+def _exact_compiler(base: type) -> type:
+    if base not in _COMPILERS:
+
+        class ExactQuantiles(base):  # type: ignore[valid-type, misc]
+            def visit_Quantile(self, op: Any, *, arg: Any, quantile: Any, where: Any) -> Any:
+                return self._visit_quantile("quantileExactInclusive", arg, quantile, where)
+
+            def visit_MultiQuantile(self, op: Any, *, arg: Any, quantile: Any, where: Any) -> Any:
+                return self._visit_quantile("quantilesExactInclusive", arg, quantile, where)
+
+        _COMPILERS[base] = ExactQuantiles
+    return _COMPILERS[base]
+
+
+def engine_tables(engine: Any, where: EngineTables) -> tuple[ir.Table, ir.Table]:
+    """Predictions (contract names, `_ok` marking valid rows) and one current label per id."""
+    if where.lake:
+        predictions, labels = _lake(engine, where.lake)
+    else:
+        predictions, labels = _table(engine, where.predictions, "predictions"), _table(engine, where.labels, "labels")
+    return _predictions(predictions, where.columns), _current_labels(labels, where.columns, engine.name)
+
+
+def engine_source(engine: Any, where: EngineTables) -> Any:
+    """An `EvalInput` over the engine's tables, for `evaluate`."""
+    from msewatch.sources import EvalInput
+
+    predictions, labels = engine_tables(engine, where)
+    return EvalInput(engine, predictions, labels)
+
+
+def _table(engine: Any, name: str, what: str) -> ir.Table:
+    *database, table = name.split(".")
+    try:
+        return engine.table(table, database=tuple(database) if len(database) > 1 else (database[0] if database else None))
+    except Exception as exc:  # each backend has its own "not found" exception
+        raise InputError(f"--engine: cannot read the {what} table {name!r} ({str(exc).splitlines()[0][:200]}).") from exc
+
+
+def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
+    """The lake's tables: every file is self-contained, so the Hive directories only prune."""
+    out = []
+    for name in ("predictions", "labels"):
+        root = os.path.join(lake, name)
+        if "://" not in lake and not os.path.isdir(root):
+            raise InputError(f"--lake {lake}: no {name}/ directory; is it a lake written by `msewatch serve --sink`?")
+        name_ = engine.name
+        if name_ == "pyspark":  # no partition discovery: `model` is in the files already
+            out.append(engine.read_parquet(root, recursiveFileLookup="true"))
+        elif name_ == "duckdb":
+            out.append(engine.read_parquet(f"{root}/**/*.parquet", hive_partitioning=False, union_by_name=True))
+        else:
+            out.append(engine.read_parquet(f"{root}/**/*.parquet"))
+    return out[0], out[1]
+
+
+def _predictions(table: ir.Table, columns: ColumnMap) -> ir.Table:
+    names = columns.source_names()
+    _require(table, [names[c] for c in ("prediction_id", "ts", "model", "version", "y_pred")], "predictions")
+    rename = {c: names[c] for c in ("prediction_id", "ts", "model", "version", "y_pred")}
+    drop = [c for c in ("source", "ingested_at", "day") if c in table.columns and c not in rename.values()]
+    t = table.drop(*drop).rename(rename) if drop else table.rename(rename)
+    ts = t.ts.cast(UTC) if t.ts.type().is_timestamp() else t.ts.cast("float64").as_timestamp("s").cast(UTC)
+    t = t.mutate(ts=ts, y_pred=t.y_pred.cast("float64"), prediction_id=t.prediction_id.cast("string"))
+    ok = t.prediction_id.notnull() & t.ts.notnull() & t.model.notnull() & t.version.notnull() & _finite(t.y_pred)
+    return t.mutate(_ok=ok)
+
+
+def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
+    """The label that counts: the latest `label_ts` (none = oldest), then the latest revision
+    (or arrival), as the store decides; rows with a non-finite y_true are not labels."""
+    from msewatch.evaluate import latest_labels
+
+    names = columns.source_names()
+    _require(table, [names["prediction_id"], names["y_true"]], "labels")
+    rename = {"prediction_id": names["prediction_id"], "y_true": names["y_true"]}
+    if names["label_ts"] in table.columns:
+        rename["label_ts"] = names["label_ts"]
+    t = table.rename(rename)
+    t = t.filter(t.prediction_id.notnull() & _finite(t.y_true.cast("float64")))
+    if "revision" in t.columns:
+        order = t.revision.cast("int64")
+    elif "ingested_at" in t.columns:
+        order = t.ingested_at.cast(UTC).epoch_seconds().cast("int64")
+    else:
+        order = ibis.literal(0, "int64")
+    cols: dict[str, Any] = {"prediction_id": t.prediction_id.cast("string"), "y_true": t.y_true.cast("float64"), "_row": order}
+    if "label_ts" in t.columns:
+        cols["label_ts"] = t.label_ts.cast(UTC)
+    return latest_labels(t.select(**cols), dialect=dialect)
+
+
+def _finite(x: ir.FloatingValue) -> ir.BooleanValue:
+    return x.notnull() & ~x.isnan() & ~x.isinf()
+
+
+def _require(table: ir.Table, needed: list[str], what: str) -> None:
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise InputError(
+            f"--engine: the {what} table has no column {', '.join(map(repr, missing))}; "
+            f"found {', '.join(map(repr, table.columns))} (map names with [engine.columns] or --*-col)."
+        )
