@@ -10,7 +10,7 @@ from typing import Any
 import click
 import orjson
 
-from msewatch.cli import _column_options, _columns, _fail, cli
+from msewatch.cli import _column_options, _columns, _engine_options, _engine_source, _fail, cli
 
 _SPARK = "▁▂▃▄▅▆▇█"
 
@@ -201,14 +201,32 @@ def slo_group() -> None:
 @click.option("--token", metavar="TOKEN", help="Bearer token for --server with the read scope [default: $MSEWATCH_TOKEN].")
 @click.option("--at", metavar="TIME", help="Evaluate as of this time [default: now].")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_engine_options
 def slo_status(db: str | None, config_path: str | None, server: str | None, token: str | None, at: str | None,
-               fmt: str) -> None:
+               fmt: str, **engine: Any) -> None:
     """Budget left, burn rates over 5m…3d, the firing tiers and a daily burn chart per SLO.
 
     Computed from the store's per-minute rollups: a 28-day period never rescans raw rows.
     Windows with too few labels count neither good nor bad (see min_labels, min_coverage).
+    With --engine (or [engine] url in the config) the per-minute counts are computed from the
+    raw tables in that engine instead (one query per SLO), with the same arithmetic.
     """
-    if server:
+    source = None
+    if any(engine.values()) and (db or server):
+        _fail("--engine reads the engine's tables: drop --db and --server.")
+    if not db and not server:  # options, else the config's [engine] url, else the store
+        source = _engine_source(dict(engine), None, config_path)
+    if source is not None:
+        from msewatch.config import load_config
+        from msewatch.monitor.slo import engine_slo_statuses
+
+        config = load_config(config_path)
+        if not config.monitor.slos:
+            _fail("no [[slos]] in the config; see `msewatch slo status --help` and the README's Guardrails section.")
+        when = _instant(at, "--at")
+        statuses = [s.to_dict() for s in engine_slo_statuses(config.monitor.slos, source.engine, source.predictions,
+                                                             source.labels, when)]
+    elif server:
         from msewatch.remote import get_json
 
         if db or config_path or at:

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ibis
+import ibis.expr.datatypes as dt_type
 import ibis.expr.types as ir
 
 from msewatch.errors import InputError
-from msewatch.schema import UTC, ColumnMap
+from msewatch.schema import ColumnMap
 
 __all__ = [
     "APPROXIMATE_QUANTILES",
@@ -43,6 +44,9 @@ APPROXIMATE_QUANTILES = {
     "trino": "Trino approx_percentile: q-digest, rank error about 1%",
     "clickhouse-sampling": "ClickHouse quantile: reservoir of 8192 values, exact below that count",
 }
+
+#: timestamps keep microseconds (ClickHouse's plain DateTime would drop the fraction)
+UTC = dt_type.Timestamp(timezone="UTC", scale=6)
 
 _EXTRAS = {"pyspark": "pyspark", "clickhouse": "clickhouse-connect", "chdb": "chdb", "bigquery": "google-cloud-bigquery",
            "trino": "trino", "snowflake": "snowflake-connector-python"}
@@ -214,7 +218,7 @@ def _predictions(table: ir.Table, columns: ColumnMap) -> ir.Table:
 def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
     """The label that counts: the latest `label_ts` (none = oldest), then the latest revision
     (or arrival), as the store decides; rows with a non-finite y_true are not labels."""
-    from msewatch.evaluate import latest_labels
+    from msewatch.evaluate import epoch_seconds, latest_labels
 
     names = columns.source_names()
     _require(table, [names["prediction_id"], names["y_true"]], "labels")
@@ -232,6 +236,12 @@ def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Tab
     cols: dict[str, Any] = {"prediction_id": t.prediction_id.cast("string"), "y_true": t.y_true.cast("float64"), "_row": order}
     if "label_ts" in t.columns:
         cols["label_ts"] = t.label_ts.cast(UTC)
+    # when the label became known, for SLO label freshness: its time, else its arrival
+    known = [cols["label_ts"]] if "label_ts" in cols else []
+    if "ingested_at" in t.columns:
+        known.append(t.ingested_at.cast(UTC))
+    if known:
+        cols["_label_time"] = epoch_seconds(ibis.coalesce(*known) if len(known) > 1 else known[0], dialect)
     return latest_labels(t.select(**cols), dialect=dialect)
 
 

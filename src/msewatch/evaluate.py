@@ -152,6 +152,13 @@ def latest_labels(labels: ir.Table, *, dialect: str = "duckdb") -> ir.Table:
         aggs = {"y_true": y_true, "label_ts": labels.label_ts.max()}
     else:
         aggs = {"y_true": labels.y_true.argmax(labels._row)}
+    if "_label_time" in labels.columns:  # the SLO series' label time (float), of the same label
+        if "label_ts" not in labels.columns:
+            aggs["_label_time"] = labels._label_time.argmax(labels._row)
+        elif dialect == "duckdb":
+            aggs["_label_time"] = _duckdb_arg_max_key(labels._label_time, _duckdb_label_key(stamp, row))
+        else:
+            aggs["_label_time"] = labels._label_time.argmax(ibis.struct({"t": stamp, "r": row}))
     if ok is None:
         return labels.group_by("prediction_id").aggregate(**aggs)
     group = ibis.ifelse(ok, labels.prediction_id, REJECTED_ID).name("prediction_id")
@@ -336,10 +343,25 @@ def _duckdb_epoch(ts: dt_type.Timestamp(timezone="UTC")) -> dt_type.float64:  # 
     costs a time-zone conversion per row (about 4x slower on 10M rows)."""
 
 
+@ibis.udf.scalar.builtin(name="unix_micros")
+def _spark_unix_micros(ts: dt_type.Timestamp(timezone="UTC")) -> dt_type.int64:  # type: ignore[empty-body]
+    """Spark's microseconds since the epoch (Ibis's epoch_seconds drops the fraction)."""
+
+
+@ibis.udf.scalar.builtin(name="toUnixTimestamp64Micro")
+def _clickhouse_unix_micros(ts: dt_type.Timestamp(timezone="UTC", scale=6)) -> dt_type.int64:  # type: ignore[empty-body]
+    """ClickHouse's microseconds since the epoch of a DateTime64 (toUnixTimestamp drops the fraction)."""
+
+
 def epoch_seconds(ts: ir.TimestampValue, dialect: str) -> ir.FloatingValue:
-    """Seconds since the UNIX epoch as float64, in the engine's fastest exact spelling."""
+    """Seconds since the UNIX epoch as float64, fraction included, in the engine's fastest exact
+    spelling (Ibis's portable epoch_seconds() truncates to whole seconds on most engines)."""
     if dialect == "duckdb":
         return _duckdb_epoch(ts)
+    if dialect == "pyspark":
+        return _spark_unix_micros(ts).cast("float64") / 1e6
+    if dialect == "clickhouse":
+        return _clickhouse_unix_micros(ts.cast(dt_type.Timestamp(timezone="UTC", scale=6))).cast("float64") / 1e6
     return ts.epoch_seconds().cast("float64")
 
 

@@ -1,4 +1,5 @@
-"""Per-minute series of one model's labeled-error counts, read from the rollups.
+"""Per-minute series of one model's labeled-error counts, read from the rollups (or, with
+`engine_series`, computed from raw tables in any engine by one Ibis query).
 
 A `MinuteSeries` holds, for every minute of prediction time in a range, how many predictions
 were made, how many have a label, how many of those were good for a threshold, Σr² and the
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MinuteSeries", "WindowSums", "load_series"]
+__all__ = ["MinuteSeries", "WindowSums", "engine_series", "load_series"]
 
 MINUTE = 60
 
@@ -151,7 +152,8 @@ def load_series(con: Any, model: str, since: dt.datetime, until: dt.datetime, *,
         m2 = np.where(n_lab > 0, raw - np.where(n_lab > 0, sum_sq * sum_sq / np.maximum(n_lab, 1), 0), 0.0)
     label_times = np.full(size, np.nan)
     if len(idx):
-        label_times[idx] = np.asarray(cols[6], dtype=float)
+        # NULL (a minute without labels) arrives masked: NaN, not the masked slot's 0
+        label_times[idx] = np.ma.filled(np.ma.asarray(cols[6]).astype(float), np.nan)
     last = con.execute(
         f"SELECT max(epoch(last_label_at)) FROM rollups r WHERE r.model = $model {version_sql}",
         {k: v for k, v in params.items() if k in ("model", "version")},
@@ -165,4 +167,67 @@ def load_series(con: Any, model: str, since: dt.datetime, until: dt.datetime, *,
         m2_sq=np.maximum(m2, 0.0),
         last_label_at=None if last is None else float(last),
         label_times=label_times,
+    )
+
+
+def engine_series(engine: Any, predictions: Any, labels: Any, model: str, since: dt.datetime, until: dt.datetime, *,
+                  version: str | None = None, threshold: float | None = None) -> MinuteSeries:
+    """The series `load_series` reads from the rollups, computed from raw tables in `engine`.
+
+    `predictions` and `labels` are as `msewatch.engines.engine_tables` gives them (one current
+    label per id, `_label_time` = the label's time or else its arrival, in epoch seconds). The
+    grouping happens in the engine; one row per minute comes back.
+    """
+    import ibis
+
+    from msewatch.evaluate import epoch_seconds
+    from msewatch.schema import UTC
+
+    start = int(since.timestamp()) // MINUTE * MINUTE
+    stop = -(-int(until.timestamp()) // MINUTE) * MINUTE
+    size = max((stop - start) // MINUTE, 0)
+    dialect = getattr(engine, "name", "")
+    p = predictions.filter(predictions.model == model)
+    if version is not None:
+        p = p.filter(p.version == version)
+    if "_ok" in p.columns:
+        p = p.filter(p._ok)
+    lo = ibis.literal(dt.datetime.fromtimestamp(start, dt.timezone.utc)).cast(UTC)
+    hi = ibis.literal(dt.datetime.fromtimestamp(stop, dt.timezone.utc)).cast(UTC)
+    has_time = "_label_time" in labels.columns
+    j = p.left_join(labels, "prediction_id")
+    j = j.select(ts=j.ts, y_pred=j.y_pred, y_true=j.y_true,
+                 label_time=j._label_time if has_time else ibis.null("float64"))
+    # the newest label time of the model, over all its predictions (what the rollups keep)
+    last_expr = j.aggregate(last=j.label_time.max())
+    j = j.filter((j.ts >= lo) & (j.ts < hi))
+    r = j.y_pred - j.y_true
+    sq = r * r
+    minute = ((epoch_seconds(j.ts, dialect) - start) / MINUTE).floor().cast("int64")
+    aggs: dict[str, Any] = {
+        "n_predictions": j.count(), "n_labeled": j.y_true.count(), "sum_sq": sq.sum(),
+        "m2": sq.var(how="pop") * sq.count(), "label_time": j.label_time.max(),
+    }
+    if threshold is not None:
+        aggs["n_good"] = (sq <= float(threshold)).cast("int64").sum()
+    rows = engine.to_pyarrow(j.group_by(i=minute).aggregate(**aggs)).to_pydict()
+    last = engine.to_pyarrow(last_expr).to_pydict()["last"][0]
+    idx = np.asarray(rows["i"], dtype=np.int64)
+
+    def dense(name: str, dtype: Any, fill: float = 0) -> np.ndarray:
+        out = np.full(size, fill, dtype=dtype)
+        if len(idx):
+            values = np.array([fill if v is None else v for v in rows[name]], dtype=float)
+            out[idx] = np.nan_to_num(values, nan=fill).astype(dtype)
+        return out
+
+    return MinuteSeries(
+        start=start,
+        n_predictions=dense("n_predictions", np.int64),
+        n_labeled=dense("n_labeled", np.int64),
+        sum_sq=dense("sum_sq", float),
+        n_good=dense("n_good", np.int64) if threshold is not None else None,
+        m2_sq=np.maximum(dense("m2", float), 0.0),
+        last_label_at=None if last is None else float(last),
+        label_times=dense("label_time", float, np.nan),
     )

@@ -19,6 +19,7 @@ are not judged at all: every window ends at `now − label_delay`.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +27,11 @@ import numpy as np
 
 from msewatch.monitor.alerts import Finding
 from msewatch.monitor.config import BurnTier, Slo
-from msewatch.monitor.series import MINUTE, MinuteSeries
+from msewatch.monitor.series import MINUTE, MinuteSeries, engine_series
 from msewatch.units import format_duration
 
-__all__ = ["BURN_WINDOWS", "SloStatus", "TierStatus", "evaluate_slo", "series_span", "slo_findings"]
+__all__ = ["BURN_WINDOWS", "SloStatus", "TierStatus", "engine_slo_statuses", "evaluate_slo", "series_span",
+           "slo_findings"]
 
 BURN_WINDOWS = (300, 1800, 3600, 7200, 6 * 3600, 86400, 3 * 86400)
 
@@ -225,3 +227,16 @@ SLO_RUNBOOK = (
     "5. Mitigate: roll back the new version, or fall back to the previous model, then open a "
     "postmortem with the MSE timeline."
 )
+
+
+def engine_slo_statuses(slos: Sequence[Slo], engine: Any, predictions: Any, labels: Any,
+                        at: dt.datetime) -> list[SloStatus]:
+    """SLO statuses computed in another engine from raw tables (`msewatch slo status --engine`):
+    the same arithmetic as the store's, over a series the engine aggregates per minute."""
+    out = []
+    for slo in slos:
+        lo, hi = series_span(slo, at)
+        series = engine_series(engine, predictions, labels, slo.model, lo, hi, version=slo.version,
+                               threshold=slo.threshold if slo.kind == "event" else None)
+        out.append(evaluate_slo(slo, series, at.timestamp()))
+    return out
