@@ -61,7 +61,8 @@ def _engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | None = None) -> Any:
+def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | None = None, *,
+                   files: tuple[str, str] | None = None) -> Any:
     """An EvalInput over the engine named by the options (or None when none is asked for).
 
     Pops the engine options from `kw`; the options win over `[engine]` of the config file."""
@@ -87,6 +88,8 @@ def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | N
         labels=label_table or (settings.labels_table if settings else "labels"),
         lake=lake or (settings.lake if settings else None) or None,
         columns=ColumnMap().with_overrides(**mapping),
+        predictions_files=files[0] if files else None,
+        labels_files=files[1] if files else None,
     )
     return engine_source(connect(url or "duckdb://"), where)
 
@@ -138,6 +141,7 @@ def eval_command(**kw: Any) -> None:
       msewatch eval --server http://127.0.0.1:8080 --window 1h --by version
       msewatch eval --engine pyspark:// --predictions-table ml.predictions --labels-table ml.labels --window 1h
       msewatch eval --engine chdb:// --lake /data/msewatch-lake --by version
+      msewatch eval --engine "duckdb://?memory_limit=4GB" --predictions 'p/*.parquet' --labels 'l/*.parquet'
     Rows that fail validation are left out and counted on stderr; `msewatch ingest` lists them.
     With --engine the whole query runs in that engine and only the result rows come back.
     """
@@ -147,7 +151,10 @@ def eval_command(**kw: Any) -> None:
     columns = _columns(kw)
     engine_asked = any(kw.get(k) for k in ("engine_url", "lake", "predictions_table", "labels_table")) or (
         kw["config_path"] and not any(kw[m] for m in ("data", "predictions_path", "db", "server")))
-    modes = [m for m in ("data", "predictions_path", "db", "server") if kw[m]] + ["engine"] * bool(engine_asked)
+    # with --engine, --predictions/--labels files are read by that engine (e.g. Spark on a lake path)
+    engine_files = bool(kw.get("engine_url") and kw["predictions_path"])
+    modes = [m for m in ("data", "predictions_path", "db", "server") if kw[m] and not (engine_files and m == "predictions_path")]
+    modes += ["engine"] * bool(engine_asked)
     if len(modes) != 1:
         _fail(
             "give exactly one source: --data FILE, --predictions FILE --labels FILE, --db FILE, "
@@ -177,7 +184,8 @@ def eval_command(**kw: Any) -> None:
         return
     store = None
     if engine_asked:
-        source = _engine_source(kw, columns, kw["config_path"])
+        files = (kw["predictions_path"], kw["labels_path"]) if engine_files else None
+        source = _engine_source(kw, columns, kw["config_path"], files=files)
         if source is None:
             _fail(f"{kw['config_path']}: no [engine] url; give --engine URL.")
     elif kw["db"]:
@@ -342,7 +350,9 @@ class _progress:
 @click.option("--port", type=int, default=None, help="Port [default: 8080, or [server] port].")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback address without tokens.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
-def serve_command(db: str | None, config_path: str | None, host: str | None, port: int | None, insecure: bool, log_level: str) -> None:
+@click.option("--sink", default=None, metavar="DIR", help="Also append accepted rows to this Parquet lake (see `msewatch export --help`) [default: [sink] dir].")
+def serve_command(db: str | None, config_path: str | None, host: str | None, port: int | None, insecure: bool, log_level: str,
+                  sink: str | None) -> None:
     """Serve the HTTP API: ingest predictions and labels, query metrics, Prometheus /metrics.
 
     \b
@@ -367,6 +377,7 @@ def serve_command(db: str | None, config_path: str | None, host: str | None, por
         port=port if port is not None else config.server.port,
         insecure=insecure,
         log_level=log_level,
+        sink=sink,
     )
 
 
@@ -448,9 +459,9 @@ def rules_command(config_path: str | None, out: str | None) -> None:
 
 
 # the other commands live in their own modules and register themselves on `cli` when imported
-from msewatch import cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor, cli_report
+from msewatch import cli_drift, cli_explain, cli_gate, cli_grafana, cli_lake, cli_monitor, cli_report
 
-COMMAND_MODULES = (cli_drift, cli_explain, cli_gate, cli_grafana, cli_monitor, cli_report)
+COMMAND_MODULES = (cli_drift, cli_explain, cli_gate, cli_grafana, cli_lake, cli_monitor, cli_report)
 
 
 def main() -> None:

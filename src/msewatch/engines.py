@@ -8,6 +8,8 @@ runs, so they compute in the warehouse and only result rows come back.
 
     duckdb://                 in-memory DuckDB (with --lake or tables registered in Python)
     duckdb:///path/file.duckdb  a DuckDB file, read-only
+    duckdb://?memory_limit=4GB  DuckDB settings as parameters (memory_limit, threads, temp_directory…):
+                              past the memory limit DuckDB spills to disk instead of failing
     pyspark://                a local SparkSession (pyspark://?master=spark://host:7077, and
                               spark.* settings as query parameters, e.g. ?spark.executor.memory=8g)
     chdb://  chdb:///path     ClickHouse's engine in-process (chdb)
@@ -48,6 +50,8 @@ APPROXIMATE_QUANTILES = {
 #: timestamps keep microseconds (ClickHouse's plain DateTime would drop the fraction)
 UTC = dt_type.Timestamp(timezone="UTC", scale=6)
 
+_DUCKDB_SETTINGS = ("memory_limit", "threads", "temp_directory", "max_temp_directory_size", "preserve_insertion_order")
+
 _EXTRAS = {"pyspark": "pyspark", "clickhouse": "clickhouse-connect", "chdb": "chdb", "bigquery": "google-cloud-bigquery",
            "trino": "trino", "snowflake": "snowflake-connector-python"}
 
@@ -60,6 +64,9 @@ class EngineTables:
     labels: str = "labels"
     lake: str | None = None
     columns: ColumnMap = field(default_factory=ColumnMap)
+    #: files (or globs, or s3://… URLs) the engine reads itself, instead of the two tables
+    predictions_files: str | None = None
+    labels_files: str | None = None
 
 
 def connect(url: str | Any) -> Any:
@@ -100,6 +107,12 @@ def _duckdb(parts: urllib.parse.SplitResult) -> Any:
         raise InputError(f"--engine duckdb://{path}: no such file.")
     engine = ibis.duckdb.connect(path, read_only=path != ":memory:")
     engine.raw_sql("SET TimeZone = 'UTC'")
+    # settings as query parameters: duckdb://?memory_limit=4GB&threads=2&temp_directory=/scratch
+    for key, value in urllib.parse.parse_qsl(parts.query):
+        if key not in _DUCKDB_SETTINGS:
+            raise InputError(f"--engine duckdb://…?{key}=: not a setting msewatch passes on; use one of "
+                             f"{', '.join(_DUCKDB_SETTINGS)}.")
+        engine.con.execute(f"SET {key} = ?", [value])
     if path == ":memory:":
         engine.raw_sql(DUCKDB_MACROS)
     else:  # a read-only file takes no macro: define it in a temporary schema
@@ -165,6 +178,8 @@ def engine_tables(engine: Any, where: EngineTables) -> tuple[ir.Table, ir.Table]
     """Predictions (contract names, `_ok` marking valid rows) and one current label per id."""
     if where.lake:
         predictions, labels = _lake(engine, where.lake)
+    elif where.predictions_files and where.labels_files:
+        predictions, labels = _read_file(engine, where.predictions_files), _read_file(engine, where.labels_files)
     else:
         predictions, labels = _table(engine, where.predictions, "predictions"), _table(engine, where.labels, "labels")
     return _predictions(predictions, where.columns), _current_labels(labels, where.columns, engine.name)
@@ -184,6 +199,18 @@ def _table(engine: Any, name: str, what: str) -> ir.Table:
         return engine.table(table, database=tuple(database) if len(database) > 1 else (database[0] if database else None))
     except Exception as exc:  # each backend has its own "not found" exception
         raise InputError(f"--engine: cannot read the {what} table {name!r} ({str(exc).splitlines()[0][:200]}).") from exc
+
+
+def _read_file(engine: Any, path: str) -> ir.Table:
+    """A Parquet or CSV file (glob, directory or URL) read by the engine itself, unvalidated:
+    the rows of a trusted pipeline; null or non-finite values are left out, not reported by row."""
+    if "://" not in path and not any(ch in path for ch in "*?[") and not os.path.exists(path):
+        raise InputError(f"{path}: no such file.")
+    csv = path.lower().endswith((".csv", ".csv.gz"))
+    try:
+        return engine.read_csv(path) if csv else engine.read_parquet(path)
+    except Exception as exc:
+        raise InputError(f"{path}: the engine cannot read it ({str(exc).splitlines()[0][:200]}).") from exc
 
 
 def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:

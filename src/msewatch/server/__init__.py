@@ -21,8 +21,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(db: str, config: Config, *, host: str, port: int, insecure: bool = False, log_level: str = "info") -> None:
-    """Run the server until SIGINT/SIGTERM; then it stops taking requests and commits the queue."""
+def serve(db: str, config: Config, *, host: str, port: int, insecure: bool = False, log_level: str = "info",
+          sink: str | None = None) -> None:
+    """Run the server until SIGINT/SIGTERM; then it stops taking requests and commits the queue.
+
+    `sink` (or `[sink] dir`) is a Parquet lake directory that follows the store (msewatch.lake).
+    """
+    import dataclasses
+
     import uvicorn
 
     if not 0 <= port <= 65535:
@@ -34,7 +40,13 @@ def serve(db: str, config: Config, *, host: str, port: int, insecure: bool = Fal
         )
     from msewatch.store import Store
 
-    Store(db).close()  # a locked or unreadable store: one clear error before the server starts
+    if sink:
+        config = dataclasses.replace(config, sink=dataclasses.replace(config.sink, dir=sink))
+    with Store(db) as store:  # a locked or unreadable store: one clear error before the server starts
+        if config.sink.dir:  # and so is a lake directory of another store, or a file
+            from msewatch.lake import LakeWriter, store_id
+
+            LakeWriter(store.con, config.sink.dir, store_id(store.con))
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for warning in config.monitor.warnings:
         logging.getLogger("msewatch.config").warning("%s", warning)

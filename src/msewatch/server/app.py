@@ -40,6 +40,7 @@ from msewatch.server.committer import Committer, Overloaded, ShuttingDown
 from msewatch.server.exposition import QualityCollector
 from msewatch.server.openapi import openapi_document
 from msewatch.server.pages import PAGE_ROUTES, dashboard_routes
+from msewatch.server.sink import LakeSink
 from msewatch.server.watch import MonitorLoop
 from msewatch.store import Store
 
@@ -86,10 +87,11 @@ class _State:
     def open(self) -> None:
         self.store = Store(self.db)
         self.reads = self.store.reader()
+        sink = LakeSink(self.store, self.config.sink, self.registry) if self.config.sink.dir else None
         # before the committer starts: the monitor registers its SLO thresholds in the store
         self.watch = MonitorLoop(self.store, self.config)
         self.registry.register(self.watch)
-        self.committer = Committer(self.store, self.config, self.collector)
+        self.committer = Committer(self.store, self.config, self.collector, sink)
         self.watch.start()
 
     def close(self) -> None:

@@ -8,7 +8,8 @@ transaction committed. When the queue is full, `submit` raises `Overloaded` (HTT
 
 If a group fails as a whole, each of its requests is retried alone, so one request that trips
 the engine cannot fail the others. `close()` stops taking requests, commits what is queued,
-then closes the store (SIGTERM drains this way).
+then closes the store (SIGTERM drains this way). With a lake sink, each commit is counted to
+it and its final export runs after the last commit, before the store closes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from msewatch.config import Config
 from msewatch.errors import MsewatchError
 from msewatch.schema import ColumnMap, Kind
 from msewatch.server.exposition import QualityCollector
+from msewatch.server.sink import LakeSink
 from msewatch.store import IngestResult, Store
 
 __all__ = ["Committer", "Overloaded", "ShuttingDown"]
@@ -55,8 +57,9 @@ class _Pending:
 
 
 class Committer:
-    def __init__(self, store: Store, config: Config, collector: QualityCollector) -> None:
+    def __init__(self, store: Store, config: Config, collector: QualityCollector, sink: LakeSink | None = None) -> None:
         self.store = store
+        self.sink = sink  # told of every commit; flushed before the store closes
         self.config = config
         self.collector = collector
         self.max_pending = config.server.max_pending_rows
@@ -122,6 +125,8 @@ class Committer:
             self._closing = True
             self._cond.notify()
         self._thread.join()  # a group is bounded by max_group_rows, so this ends
+        if self.sink is not None:
+            self.sink.close()
         self.store.close()
 
     # -- the commit thread --------------------------------------------------------------------------
@@ -184,6 +189,8 @@ class Committer:
             kind, [(p.batch, p.count) for p in group], pair_columns=self.config.metrics.segments
         )
         self.commits += 1
+        if self.sink is not None:
+            self.sink.notify(sum(r.accepted for r in outcome.results))
         if kind == "predictions":
             self._known = dict(self.store.extra_columns())
         try:

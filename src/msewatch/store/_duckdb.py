@@ -577,13 +577,13 @@ class Store:
                 """INSERT INTO labels
                 SELECT n.prediction_id, n.y_true, n.label_ts, n.revision, n.revision = b.revision, ?, ?
                 FROM _new n JOIN _best b USING (prediction_id)""",
-                [stage.source, _now()],
+                [stage.source, self._stamp()],
             ).fetchall()
         else:
             inserted = con.execute(
                 """INSERT INTO labels
                 SELECT prediction_id, y_true, label_ts, revision, false, ?, ? FROM _new""",
-                [stage.source, _now()],
+                [stage.source, self._stamp()],
             ).fetchall()
             source = "labels WHERE prediction_id IN (SELECT prediction_id FROM _new)"
             con.execute(f"CREATE OR REPLACE TEMP TABLE _best AS {best.replace('__SOURCE__', source)}")
@@ -612,9 +612,18 @@ class Store:
         )
 
     def _stamp(self) -> dt.datetime:
-        """`ingested_at` of this commit: later than any before it, so it tells its rows apart."""
+        """`ingested_at` of this commit: later than any before it, so it tells its rows apart.
+
+        Later than every stamp already stored too (a restart after the clock stepped back),
+        so `ingested_at` orders commits and the lake sink can export by it.
+        """
         now = _now()
         last = getattr(self, "_last_stamp", None)
+        if last is None:
+            last = self.con.execute(
+                "SELECT max(t) FROM (SELECT max(ingested_at) AS t FROM predictions UNION ALL "
+                "SELECT max(ingested_at) FROM labels UNION ALL SELECT max(ingested_at) FROM shadow_predictions)"
+            ).fetchall()[0][0]
         if last is not None and now <= last:
             now = last + dt.timedelta(microseconds=1)
         self._last_stamp = now
