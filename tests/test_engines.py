@@ -336,3 +336,58 @@ def test_cli_engine_missing_columns(main_in_process: Any, warehouse: Path) -> No
     run = main_in_process("eval", "--engine", f"duckdb://{warehouse}", "--predictions-table", "ml.preds",
                           "--labels-table", "ml.truth")
     assert_usage_error(run, "no column 'prediction_id'", "request_id", "[engine.columns]")
+
+
+# -- the service's lake ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def service(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The data set sent through a real `msewatch serve --sink` by the SDK; stopped by SIGTERM,
+    which commits and exports what is left. Returns its store and its lake."""
+    from servers import ServerProcess
+
+    from msewatch import Client
+
+    tmp = tmp_path_factory.mktemp("service")
+    db, lake = tmp / "service.duckdb", tmp / "lake"
+    config = tmp / "msewatch.toml"
+    config.write_text("[sink]\nflush_seconds = 1\n")
+    tables = world["tables"]
+
+    def records(name: str, columns: list[str]) -> list[dict[str, Any]]:
+        rows = pq.read_table(tables / f"{name}.parquet", columns=columns).to_pylist()
+        for row in rows:
+            for key in ("ts", "label_ts"):
+                if row.get(key) is not None:
+                    row[key] = row[key].isoformat()
+        return rows
+
+    labels = records("labels", ["prediction_id", "y_true", "label_ts", "revision"])
+    server = ServerProcess(db, config=config, extra_args=["--sink", str(lake)]).start()
+    try:
+        with Client(server.url) as client:
+            first = [{k: v for k, v in r.items() if k != "revision"} for r in labels if r["revision"] == 1]
+            client.log_labels(first[: len(first) // 2])  # labels before their predictions
+            assert client.flush(60)
+            client.log_predictions(records("predictions", ["prediction_id", "ts", "model", "version", "region", "y_pred"]))
+            assert client.flush(60)
+            client.log_labels(first[len(first) // 2:])
+            assert client.flush(60)
+            client.log_labels([{k: v for k, v in r.items() if k != "revision"} for r in labels if r["revision"] > 1])
+            assert client.flush(60)
+    finally:
+        assert server.stop() in (0, -15), server.log_text()  # SIGTERM: drained, then the signal
+    return {"db": db, "lake": lake}
+
+
+@pytest.mark.parametrize("spec_name", ["hourly_by_version_region", "rolling_6h_step_1h"])
+def test_eval_over_the_service_lake_matches_its_store(engine: Any, service: dict[str, Path], spec_name: str) -> None:
+    """`eval --engine … --lake DIR` over what `serve --sink` wrote equals `eval --db` on its store."""
+    spec = SPECS[spec_name]
+    with Store(service["db"], read_only=True) as store:
+        ref = from_store(store)
+        expected = evaluate(ref.engine, ref.predictions, ref.labels, spec).rows
+        assert store.count("labels") > store.count("predictions") * 0.8  # revisions included
+    src = engine_source(engine, EngineTables(lake=str(service["lake"])))
+    got = evaluate(engine, src.predictions, src.labels, spec).rows
+    assert expected and len(got) == len(expected)
+    _same(got, expected)

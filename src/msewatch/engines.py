@@ -208,9 +208,19 @@ def _read_file(engine: Any, path: str) -> ir.Table:
         raise InputError(f"{path}: no such file.")
     csv = path.lower().endswith((".csv", ".csv.gz"))
     try:
+        if engine.name == "clickhouse":
+            return _clickhouse_files(engine, path, "CSVWithNames" if csv else "Parquet")
         return engine.read_csv(path) if csv else engine.read_parquet(path)
     except Exception as exc:
         raise InputError(f"{path}: the engine cannot read it ({str(exc).splitlines()[0][:200]}).") from exc
+
+
+def _clickhouse_files(engine: Any, pattern: str, fmt: str = "Parquet") -> ir.Table:
+    """Files read in place by ClickHouse's file() table function (Ibis's read_parquet copies
+    them into a table through the client, one file at a time); globs include `**`. Hive
+    partition columns are not added: every lake file carries its own columns."""
+    quoted = pattern.replace("\\", "\\\\").replace("'", "\\'")
+    return engine.sql(f"SELECT * FROM file('{quoted}', {fmt}) SETTINGS use_hive_partitioning = 0")
 
 
 def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
@@ -222,9 +232,11 @@ def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
             raise InputError(f"--lake {lake}: no {name}/ directory; is it a lake written by `msewatch serve --sink`?")
         name_ = engine.name
         if name_ == "pyspark":  # no partition discovery: `model` is in the files already
-            out.append(engine.read_parquet(root, recursiveFileLookup="true"))
+            out.append(engine.read_parquet(root, recursiveFileLookup="true", mergeSchema="true"))
         elif name_ == "duckdb":
             out.append(engine.read_parquet(f"{root}/**/*.parquet", hive_partitioning=False, union_by_name=True))
+        elif name_ == "clickhouse":
+            out.append(_clickhouse_files(engine, f"{root}/**/*.parquet"))
         else:
             out.append(engine.read_parquet(f"{root}/**/*.parquet"))
     return out[0], out[1]
