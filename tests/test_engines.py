@@ -115,6 +115,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tables.mkdir()
     for name in ("predictions", "labels"):
         store.con.execute(f"COPY {name} TO '{tables / name}.parquet' (FORMAT parquet)")
+    # the same tables with rows the store refused at ingest: an engine must leave them out too
+    store.con.execute(f"""COPY (SELECT * FROM predictions UNION ALL BY NAME
+        SELECT 'bad-' || i AS prediction_id, TIMESTAMPTZ '2026-01-01 05:00:00+00' AS ts, 'pricing' AS model,
+               'v1' AS version, 'eu' AS region, ['nan', 'inf', '-inf'][i]::DOUBLE AS y_pred, now() AS ingested_at
+        FROM range(1, 4) t(i)
+        UNION ALL BY NAME SELECT NULL AS prediction_id, TIMESTAMPTZ '2026-01-01 05:00:00+00' AS ts,
+               'pricing' AS model, 'v1' AS version, 'eu' AS region, 1.0 AS y_pred, now() AS ingested_at)
+        TO '{tables / 'bad_predictions'}.parquet' (FORMAT parquet)""")
+    store.con.execute(f"""COPY (SELECT * FROM labels UNION ALL
+        SELECT prediction_id, ['inf', 'nan', '-inf'][(revision % 3) + 1]::DOUBLE, label_ts + INTERVAL 1 DAY,
+               revision + 10, false, NULL, now()
+        FROM labels WHERE is_current AND label_ts IS NOT NULL AND hash(prediction_id) % 50 = 0)
+        TO '{tables / 'bad_labels'}.parquet' (FORMAT parquet)""")
     yield {"store": store, "tables": tables}
     store.close()
 
@@ -148,7 +161,7 @@ def engine(request: pytest.FixtureRequest, world: dict[str, Any]) -> Any:
         con = connect("chdb://")
     else:
         con = connect("duckdb://")
-    for table in ("predictions", "labels"):
+    for table in ("predictions", "labels", "bad_predictions", "bad_labels"):
         con.read_parquet(str(world["tables"] / f"{table}.parquet"), table_name=f"conf_{table}")
     yield con
     if name == "pyspark":
@@ -183,6 +196,18 @@ def test_evaluation_matches_the_store(engine: Any, world: dict[str, Any], spec_n
         assert list(g) == list(e)
         for key in e:
             _close(g[key], e[key], f"{engine.name} {spec_name} row {i} {key}")
+
+
+def test_non_finite_and_null_rows_are_left_out_as_the_store_does(engine: Any, world: dict[str, Any]) -> None:
+    """NaN/±inf predictions and a null id are rejected (and counted); a later ±inf or NaN label
+    revision is no label, so the last finite one still counts, as in the store."""
+    spec = SPECS["hourly_by_version_region"]
+    ref = from_store(world["store"])
+    expected = evaluate(ref.engine, ref.predictions, ref.labels, spec).rows
+    src = engine_source(engine, EngineTables(predictions="conf_bad_predictions", labels="conf_bad_labels"))
+    result = evaluate(engine, src.predictions, src.labels, spec)
+    assert result.rejected_predictions == 4
+    _same(result.rows, expected)
 
 
 def test_overall_mse_matches_numpy(engine: Any, world: dict[str, Any], tmp_path: Path) -> None:

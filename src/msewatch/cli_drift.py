@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from msewatch.cli import _column_options, _columns, _fail, cli
+from msewatch.cli import _column_options, _columns, _engine_options, _engine_source, _fail, cli
 from msewatch.cli_monitor import _echo_json, _instant, _num, _table
 
 TESTS = ("auto", "ks", "psi", "wasserstein", "js")  # msewatch.monitor.drift.TESTS (imported when run)
@@ -36,11 +36,14 @@ _DAY = dt.timedelta(days=1)
 @click.option("--min-effect", type=float, default=0.1, show_default=True,
               help="PSI, Wasserstein/sd or JS distance that counts as a material shift.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@_engine_options
+@click.option("--config", "config_path", metavar="FILE", help="msewatch.toml with an [engine] section (for --engine).")
 @_column_options
 def drift_command(db: str | None, model: str | None, model_version: str | None, current_since: str | None,
                   current_until: str | None, reference_since: str | None, reference_until: str | None,
                   at: str | None, current_path: str | None, reference_path: str | None, columns: str,
-                  test: str, alpha: float, min_n: int, min_effect: float, fmt: str, **kw: Any) -> None:
+                  test: str, alpha: float, min_n: int, min_effect: float, fmt: str, config_path: str | None,
+                  **kw: Any) -> None:
     """Compare the distribution of every column between a current and a reference sample.
 
     \b
@@ -50,6 +53,10 @@ def drift_command(db: str | None, model: str | None, model_version: str | None, 
           --reference-since 2026-10-01 --reference-until 2026-10-08 --format json
     From two files with the columns of predictions (Parquet, CSV or NDJSON):
       msewatch drift --current today.parquet --reference training.parquet
+    In an engine (the queries run there; only per-column figures come back):
+      msewatch drift --engine pyspark:// --predictions-table ml.predictions --labels-table ml.labels \\
+          --model pricing
+      msewatch drift --engine chdb:// --lake /data/msewatch-lake --model pricing
     Numeric columns: KS statistic and p-value, PSI over the reference's deciles, Wasserstein
     distance / the reference's sd. Text columns: Jensen–Shannon distance (base 2), PSI over
     categories, chi-square p-value. With --test auto a column drifts when its p-value is below
@@ -60,9 +67,17 @@ def drift_command(db: str | None, model: str | None, model_version: str | None, 
     from msewatch.monitor.drift import DriftSettings, drift_from_files, drift_from_store
     from msewatch.units import parse_instant
 
+    engine_opts = {k: kw.pop(k) for k in ("engine_url", "predictions_table", "labels_table", "lake")}
     mapped = [k for k, v in kw.items() if v]
     column_map = _columns(kw)
     files = bool(current_path or reference_path)
+    asked = [f"--{k.replace('_url', '').replace('_', '-')}" for k, v in engine_opts.items() if v]
+    if config_path and (files or db):
+        _fail("--config (its [engine] section) goes with --engine, not with --db or --current/--reference.")
+    if config_path:
+        asked.append("--config")
+    if asked and (files or db):
+        _fail(f"{asked[0]} reads the engine's tables: drop {'--db' if db else '--current/--reference'}.")
     if not 0 < alpha < 1:
         _fail(f"--alpha must be between 0 and 1; got {alpha:g}.")
     if min_n < 1:
@@ -85,8 +100,8 @@ def drift_command(db: str | None, model: str | None, model_version: str | None, 
     else:
         if not model:
             _fail("give --model (the store holds many models), or --current FILE --reference FILE.")
-        if mapped:
-            _fail(f"--{mapped[0].replace('_', '-')} applies to --current/--reference files, not to the store.")
+        if mapped and not asked:
+            _fail(f"--{mapped[0].replace('_', '-')} applies to --current/--reference files or --engine, not to the store.")
         cur_hi = parse_instant(current_until, option="--current-until") if current_until else _instant(at, "--at")
         cur_lo = parse_instant(current_since, option="--current-since") if current_since else cur_hi - _DAY
         ref_hi = parse_instant(reference_until, option="--reference-until") if reference_until else cur_lo
@@ -95,18 +110,44 @@ def drift_command(db: str | None, model: str | None, model_version: str | None, 
             _fail(f"the current period must end after it starts ({_iso(cur_lo)} to {_iso(cur_hi)}).")
         if ref_lo >= ref_hi:
             _fail(f"the reference period must end after it starts ({_iso(ref_lo)} to {_iso(ref_hi)}).")
-        from msewatch.store import Store, default_db_path
+        if asked:
+            report = _engine_drift(engine_opts, column_map, config_path, model, (cur_lo, cur_hi), (ref_lo, ref_hi),
+                                   model_version, wanted, settings)
+        else:
+            from msewatch.store import Store, default_db_path
 
-        store = Store(db or default_db_path(), read_only=True)
-        try:
-            if not store.con.execute("SELECT count(*) FROM predictions WHERE model = ?", [model]).fetchall()[0][0]:
-                _fail(f"no predictions of model {model!r} in {store.path}.")
-            report = drift_from_store(store.con, model, current=(cur_lo, cur_hi), reference=(ref_lo, ref_hi),
-                                      version=model_version, columns=wanted, settings=settings)
-        finally:
-            store.close()
+            store = Store(db or default_db_path(), read_only=True)
+            try:
+                if not store.con.execute("SELECT count(*) FROM predictions WHERE model = ?", [model]).fetchall()[0][0]:
+                    _fail(f"no predictions of model {model!r} in {store.path}.")
+                report = drift_from_store(store.con, model, current=(cur_lo, cur_hi), reference=(ref_lo, ref_hi),
+                                          version=model_version, columns=wanted, settings=settings)
+            finally:
+                store.close()
         title = (f"drift of {model}{' ' + model_version if model_version else ''}: "
                  f"{_iso(cur_lo)} to {_iso(cur_hi)} vs reference {_iso(ref_lo)} to {_iso(ref_hi)}")
+    _show(report, title, fmt)
+
+
+def _engine_drift(options: dict[str, Any], column_map: Any, config_path: str | None, model: str,
+                  current: tuple[dt.datetime, dt.datetime], reference: tuple[dt.datetime, dt.datetime],
+                  version: str | None, wanted: list[str] | None, settings: Any) -> Any:
+    """drift_from_tables over the engine named by the options or the config's [engine]."""
+    from msewatch.monitor.drift import drift_from_tables
+
+    source = _engine_source(dict(options), column_map, config_path)
+    if source is None:
+        _fail(f"{config_path}: no [engine] url; give --engine URL.")
+    report = drift_from_tables(source.engine, source.predictions, source.labels, model, current=current,
+                               reference=reference, version=version, columns=wanted, settings=settings)
+    if all(c.n_reference == c.n_current == 0 for c in report.columns):
+        p = source.predictions
+        if not p.filter(p.model == model).count().execute():
+            _fail(f"no predictions of model {model!r} in the engine's predictions table.")
+    return report
+
+
+def _show(report: Any, title: str, fmt: str) -> None:
     if fmt == "json":
         _echo_json(report.to_dict())
         return

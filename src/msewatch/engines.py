@@ -285,7 +285,9 @@ def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Tab
 
 
 def _finite(x: ir.FloatingValue) -> ir.BooleanValue:
-    return x.notnull() & ~x.isnan() & ~x.isinf()
+    """Not null, NaN or ±inf: x − x is 0 exactly for finite x, NaN otherwise (Ibis's isinf
+    compiles to a constant false on PySpark)."""
+    return x.notnull() & ((x - x) == 0)
 
 
 def _require(table: ir.Table, needed: list[str], what: str) -> None:

@@ -19,7 +19,9 @@ moderate, ≥ 0.25 major.
 The engine does the sorting and counting: the two samples are unioned with a side tag and
 grouped to (column, distinct value, count in each side), cumulative counts by window sums;
 the KS statistic, the Wasserstein distance, the reference's deciles and the counts per bin
-all come from that table. Only per-column figures and category counts reach Python.
+all come from that table. Only per-column figures and category counts reach Python. The
+queries are Ibis expressions (`msewatch.monitor.drift_queries`), so the store (DuckDB), files,
+and any engine of `msewatch.engines` (Spark, ClickHouse, …) compute the same answers.
 
 Which test decides (`test="auto"`, the default):
 
@@ -38,17 +40,19 @@ wasserstein to categorical columns, js to numeric ones) leaves that column to `a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from msewatch.errors import InputError
+from msewatch.monitor.drift_queries import DECILES, category_counts, finite, numeric_measures
 
 __all__ = [
     "DECILES",
@@ -60,8 +64,10 @@ __all__ = [
     "DriftSettings",
     "chi2_sf",
     "compare",
+    "compare_table",
     "drift_from_files",
     "drift_from_store",
+    "drift_from_tables",
     "jensen_shannon",
     "ks_pvalue",
     "numpy_categorical",
@@ -69,12 +75,12 @@ __all__ = [
     "psi",
     "psi_band",
     "store_columns",
+    "table_columns",
 ]
 
 TESTS = ("auto", "ks", "psi", "wasserstein", "js")
 PSI_EPSILON = 1e-4
 PSI_BANDS = (0.1, 0.25)  # none below the first, moderate up to the second, major from it
-DECILES = tuple(k / 10 for k in range(1, 10))
 NULL_CATEGORY = "(null)"
 _NUMERIC_ONLY = ("ks", "wasserstein")
 
@@ -217,26 +223,101 @@ def drift_from_store(
     `y_true` counts the predictions with a label (their current revision).
     """
     picked = _pick(store_columns(con), columns, "the store")
-    items = []
-    for i, (name, kind) in enumerate(picked):
-        ref = "l.y_true" if name == "y_true" else f"p.{_q(name)}"
-        items.append(_typed(ref, kind, f"_v{i}"))
-    join = ""
-    if any(name == "y_true" for name, _ in picked):
-        join = "LEFT JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current"
-    where = "p.model = $model" + (" AND p.version = $version" if version is not None else "")
-    parts = [
-        f"SELECT {side} AS _side, {', '.join(items)} FROM predictions p {join} "
-        f"WHERE {where} AND p.ts >= ${name}_lo AND p.ts < ${name}_hi"
-        for side, name in ((0, "ref"), (1, "cur"))
-    ]
-    params: dict[str, Any] = {"model": model, "ref_lo": reference[0], "ref_hi": reference[1],
-                              "cur_lo": current[0], "cur_hi": current[1]}
-    if version is not None:
-        params["version"] = version
-    rows, alpha_c = compare(con, " UNION ALL ".join(parts), params, picked, settings)
+    with _ibis_on(con) as engine:
+        labels = engine.table("labels")
+        source = _period_source(engine.table("predictions"), labels.filter(labels.is_current), model, version,
+                                current, reference, picked)
+        rows, alpha_c = compare_table(source, picked, settings)
     return DriftReport(rows, settings, alpha_c, model, version, {"since": current[0], "until": current[1]},
                        {"since": reference[0], "until": reference[1]})
+
+
+#: columns of an engine's predictions table that are not compared
+_NOT_COMPARED = frozenset({"prediction_id", "ts", "model", "version", "source", "ingested_at", "day", "y_pred",
+                           "y_true", "label_ts"})
+
+
+def table_columns(predictions: Any, labels: Any = None) -> tuple[dict[str, str], dict[str, str]]:
+    """The columns drift can compare in engine tables (name → kind, as the store orders them)
+    and why the others cannot be: numbers are numeric, text and booleans categorical."""
+    available: dict[str, str] = {}
+    why: dict[str, str] = {}
+    for name, typ in sorted(predictions.schema().items()):
+        if name in _NOT_COMPARED or name.startswith("_"):
+            continue
+        if typ.is_numeric():
+            available[name] = "numeric"
+        elif typ.is_string() or typ.is_boolean():
+            available[name] = "categorical"
+        else:
+            why[name] = f"column {name!r} holds neither numbers nor text ({typ})"
+    available["y_pred"] = "numeric"
+    if labels is not None and "y_true" in labels.columns:
+        available["y_true"] = "numeric"
+    return available, why
+
+
+def drift_from_tables(
+    engine: Any,
+    predictions: Any,
+    labels: Any,
+    model: str,
+    *,
+    current: tuple[dt.datetime, dt.datetime],
+    reference: tuple[dt.datetime, dt.datetime],
+    version: str | None = None,
+    columns: Sequence[str] | None = None,
+    settings: DriftSettings = DriftSettings(),
+) -> DriftReport:
+    """`drift_from_store` on an engine's tables, as `msewatch.engines.engine_tables` gives them.
+
+    The comparison runs in `engine` (DuckDB, Spark, ClickHouse, …): segment and feature columns
+    are the predictions table's other columns; rows whose `_ok` is false are left out, as the
+    store would have refused them.
+    """
+    del engine  # the tables are bound to it already; kept for symmetry with the other engine queries
+    available, why = table_columns(predictions, labels)
+    for c in columns or ():
+        if c in why:
+            raise InputError(f"{why[c]}: it cannot be compared.")
+    picked = _pick(available, columns, "the predictions table")
+    notes = [] if columns else [f"{text}: not compared." for text in why.values()]
+    source = _period_source(predictions, labels, model, version, current, reference, picked)
+    rows, alpha_c = compare_table(source, picked, settings)
+    return DriftReport(rows, settings, alpha_c, model, version, {"since": current[0], "until": current[1]},
+                       {"since": reference[0], "until": reference[1]}, notes)
+
+
+def _period_source(
+    predictions: Any,
+    labels: Any,
+    model: str,
+    version: str | None,
+    current: tuple[dt.datetime, dt.datetime],
+    reference: tuple[dt.datetime, dt.datetime],
+    picked: Sequence[tuple[str, str]],
+) -> Any:
+    """`_side`, `_v0`, `_v1`, … of the model's predictions in the two periods (y_true from `labels`)."""
+    import ibis
+    import ibis.expr.datatypes as dtypes
+
+    p = predictions.filter(predictions.model == model)
+    if version is not None:
+        p = p.filter(p.version == version)
+    if "_ok" in p.columns:  # rows the store would have refused; y_pred again, as `_ok` misses ±inf on Spark
+        p = p.filter(p._ok & finite(p.y_pred))
+    labeled = any(name == "y_true" for name, _ in picked)
+    keep = [name for name, _ in picked if name != "y_true"] + (["prediction_id"] if labeled else [])
+    utc = dtypes.Timestamp(timezone="UTC", scale=6)
+    sides = []
+    for side, (lo, hi) in ((0, reference), (1, current)):
+        inside = (p.ts >= ibis.literal(lo).cast(utc)) & (p.ts < ibis.literal(hi).cast(utc))
+        sides.append(p.filter(inside).select(*keep, _side=ibis.literal(side, "int8")))
+    both = ibis.union(*sides)
+    if labeled:
+        truth = labels.select(_label_id=labels.prediction_id, y_true=labels.y_true)
+        both = both.left_join(truth, both.prediction_id == truth._label_id)
+    return both.select("_side", **{f"_v{i}": _typed(both[name], kind) for i, (name, kind) in enumerate(picked)})
 
 
 def drift_from_files(
@@ -254,6 +335,8 @@ def drift_from_files(
     Text columns whose every value is a number are numeric (as at ingest); with `model` or
     `version`, only the rows of that model or version count, where the file has the column.
     """
+    import ibis
+
     from msewatch.io import scan
     from msewatch.schema import ColumnMap
     from msewatch.sources import new_engine
@@ -262,11 +345,13 @@ def drift_from_files(
     engine = new_engine()
     con = engine.con
     found: dict[str, _FileColumns] = {}
+    raws = []
     try:
         for side, path in (("reference", reference), ("current", current)):
             raw, _ = scan(engine, path)
             engine.create_view(f"_drift_{side}", raw, overwrite=True)
             found[side] = _file_columns(con, f"_drift_{side}", raw.schema(), names)
+            raws.append(raw)
         ref, cur = found["reference"], found["current"]
         available: dict[str, str] = {}
         why: dict[str, str] = {}
@@ -285,20 +370,16 @@ def drift_from_files(
                 raise InputError(f"{why[c]}: it cannot be compared.")
         picked = _pick(available, columns, "the files")
         notes = [] if columns else [f"{text}: not compared." for text in why.values()]
-        params: dict[str, Any] = {}
-        parts = []
+        sides = []
         for side, cols in ((0, ref), (1, cur)):
-            items = [_typed(_q(cols.sources[name]), kind, f"_v{i}", text=name in cols.text)
-                     for i, (name, kind) in enumerate(picked)]
-            filters = []
+            t = raws[side]
             for contract, value in (("model", model), ("version", version)):
                 if value is not None and names[contract] in cols.names:
-                    filters.append(f"CAST({_q(names[contract])} AS VARCHAR) = ${contract}")
-                    params[contract] = value
-            where = f"WHERE {' AND '.join(filters)}" if filters else ""
-            view = "_drift_reference" if side == 0 else "_drift_current"
-            parts.append(f"SELECT {side} AS _side, {', '.join(items) or 'NULL AS _none'} FROM {view} {where}")
-        rows, alpha_c = compare(con, " UNION ALL ".join(parts), params, picked, settings)
+                    t = t.filter(t[names[contract]].cast("string") == value)
+            values = {f"_v{i}": _typed(t[cols.sources[name]], kind, text=name in cols.text)
+                      for i, (name, kind) in enumerate(picked)}
+            sides.append(t.select(_side=ibis.literal(side, "int8"), **values))
+        rows, alpha_c = compare_table(ibis.union(*sides), picked, settings)
     finally:
         con.close()
     return DriftReport(rows, settings, alpha_c, model, version, {"file": str(current)},
@@ -358,11 +439,16 @@ def _file_columns(con: Any, view: str, schema: Any, names: Mapping[str, str]) ->
     return _FileColumns(kinds, sources, text, tuple(schema.names))
 
 
-def _typed(ref: str, kind: str, alias: str, *, text: bool = False) -> str:
+def _typed(value: Any, kind: str, *, text: bool = False) -> Any:
+    """The value as compared: float64 for numeric columns (text parsed, not a number = missing),
+    text with missing values as the category "(null)" for categorical ones."""
+    import ibis
+
     if kind == "numeric":
-        value = f"TRY_CAST(trim(CAST({ref} AS VARCHAR)) AS DOUBLE)" if text else f"TRY_CAST({ref} AS DOUBLE)"
-        return f"{value} AS {alias}"
-    return f"coalesce(CAST({ref} AS VARCHAR), '{NULL_CATEGORY}') AS {alias}"
+        if text:
+            return value.cast("string").strip().try_cast("float64")
+        return value if value.type().is_float64() else value.try_cast("float64")
+    return ibis.coalesce(value.cast("string"), NULL_CATEGORY)
 
 
 def _q(name: str) -> str:
@@ -385,129 +471,48 @@ def compare(
     `_v0`, `_v1`, … for `columns` [(name, kind)], in order: DOUBLE for numeric columns, text
     without nulls for categorical ones. Returns the rows and the per-column alpha used.
     """
+    # a temporary view, or a table where there are parameters (Ibis binds none), named for Ibis
+    name, kind = f"_drift_{uuid.uuid4().hex[:12]}", "TABLE" if params else "VIEW"
+    with _ibis_on(con) as engine:
+        con.execute(f"CREATE TEMP {kind} {name} AS {source_sql}", dict(params) if params else None)
+        try:
+            return compare_table(engine.table(name), columns, settings)
+        finally:
+            con.execute(f"DROP {kind} IF EXISTS {name}")
+
+
+def compare_table(
+    source: Any, columns: Sequence[tuple[str, str]], settings: DriftSettings = DriftSettings()
+) -> tuple[list[ColumnDrift], float]:
+    """`compare` on an Ibis table of any engine with `_side` and `_v0`, `_v1`, … for `columns`."""
+    source = source.select("_side", **{f"_v{i}": _typed(source[f"_v{i}"], kind) for i, (_, kind) in enumerate(columns)})
     numeric = [(i, name) for i, (name, kind) in enumerate(columns) if kind == "numeric"]
     categorical = [(i, name) for i, (name, kind) in enumerate(columns) if kind != "numeric"]
     rows: dict[int, ColumnDrift] = {}
-    if numeric:
-        measured = _numeric_measures(con, source_sql, params, [i for i, _ in numeric])
-        for i, name in numeric:
-            rows[i] = _numeric_row(name, measured.get(f"_v{i}"))
-    if categorical:
-        counted = _category_counts(con, source_sql, params, [i for i, _ in categorical])
-        for i, name in categorical:
-            rows[i] = _categorical_row(name, counted.get(f"_v{i}"), settings)
+    measured = numeric_measures(source, [f"_v{i}" for i, _ in numeric])
+    for i, name in numeric:
+        rows[i] = _numeric_row(name, measured.get(f"_v{i}"))
+    counted = category_counts(source, [f"_v{i}" for i, _ in categorical])
+    for i, name in categorical:
+        rows[i] = _categorical_row(name, counted.get(f"_v{i}"), settings)
     ordered = [rows[i] for i in range(len(columns))]
     return ordered, _decide(ordered, settings)
 
 
-def _numeric_measures(
-    con: Any, source_sql: str, params: Mapping[str, Any], indexes: list[int]
-) -> dict[str, dict[str, Any]]:
-    """Per column: counts, the reference's mean and sd, KS D, Wasserstein-1 and PSI bin counts."""
-    table = f"_drift_{uuid.uuid4().hex[:12]}"
-    cols = ", ".join(f"_v{i}" for i in indexes)
-    con.execute(
-        f"""CREATE TEMP TABLE {table} AS
-        WITH g AS (
-            SELECT col, x, count(*) FILTER (WHERE _side = 0) AS a, count(*) FILTER (WHERE _side = 1) AS b
-            FROM (UNPIVOT (SELECT _side, {cols} FROM ({source_sql})) ON {cols} INTO NAME col VALUE x)
-            WHERE isfinite(x)
-            GROUP BY col, x)
-        SELECT col, x, a, b,
-            sum(a) OVER w AS ca, sum(b) OVER w AS cb,
-            lead(x) OVER (PARTITION BY col ORDER BY x) - x AS dx
-        FROM g
-        WINDOW w AS (PARTITION BY col ORDER BY x ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)""",
-        dict(params),
-    )
+@contextlib.contextmanager
+def _ibis_on(con: Any) -> Iterator[Any]:
+    """An Ibis backend over a DuckDB connection, whose time zone and replacement-scan settings
+    (which Ibis changes) are put back afterwards: the connection is the caller's."""
+    if hasattr(con, "compiler"):  # an Ibis backend already
+        yield con
+        return
+    import ibis
+
+    saved = con.execute("SELECT current_setting('TimeZone'), current_setting('python_enable_replacements')").fetchall()[0]
     try:
-        stats = con.execute(
-            f"""WITH t AS (
-                SELECT col, CAST(sum(a) AS DOUBLE) AS na, CAST(sum(b) AS DOUBLE) AS nb,
-                    fsum(a * x) FILTER (WHERE a > 0) / nullif(sum(a), 0) AS mean
-                FROM {table} GROUP BY col)
-            SELECT t.col, t.na, t.nb, t.mean,
-                sqrt(fsum(c.a * (c.x - t.mean) * (c.x - t.mean)) FILTER (WHERE c.a > 0) / nullif(t.na, 0)),
-                max(abs(c.ca / nullif(t.na, 0) - c.cb / nullif(t.nb, 0))),
-                coalesce(fsum(abs(c.ca / nullif(t.na, 0) - c.cb / nullif(t.nb, 0)) * c.dx), 0)
-            FROM {table} c JOIN t USING (col)
-            GROUP BY t.col, t.na, t.nb, t.mean"""
-        ).fetchall()
-        out: dict[str, dict[str, Any]] = {}
-        for col, na, nb, mean, sd, ks, w in stats:
-            out[col] = {"n_ref": int(na), "n_cur": int(nb), "mean": mean, "sd": sd,
-                        "ks": ks if na and nb else None, "w": w if na and nb else None}
-        # the reference's deciles, numpy's linear interpolation, from the cumulative counts:
-        # sorted position i holds the value x whose row has ca − a ≤ i < ca
-        want_cols, want_pos = [], []
-        for col, m in out.items():
-            n = m["n_ref"]
-            if n:
-                for p in DECILES:
-                    h = (n - 1) * p
-                    lo = math.floor(h)
-                    want_cols += [col, col]
-                    want_pos += [lo, min(lo + 1, n - 1)]
-        if want_cols:  # (a table, not unnested parameters, lets the ASOF join plan well)
-            con.execute(f"CREATE TEMP TABLE {table}_w AS SELECT unnest($cols) AS col, unnest($pos) AS pos, "
-                        "generate_subscripts($cols, 1) AS k", {"cols": want_cols, "pos": want_pos})
-            found = con.execute(
-                f"""WITH r AS (SELECT col, x, ca - a AS pos FROM {table} WHERE a > 0)
-                SELECT w.k, r.x FROM {table}_w w ASOF JOIN r ON w.col = r.col AND w.pos >= r.pos ORDER BY w.k"""
-            ).fetchall()
-            values = [x for _, x in found]
-            k = 0
-            for col in dict.fromkeys(want_cols):
-                n = out[col]["n_ref"]
-                deciles = []
-                for p in DECILES:
-                    h = (n - 1) * p
-                    deciles.append(_lerp(values[k], values[k + 1], h - math.floor(h)))
-                    k += 2
-                out[col]["edges"] = sorted(set(deciles))
-            edge_cols = [c for c in out if "edges" in out[c] for _ in out[c]["edges"]]
-            edges = [e for c in out if "edges" in out[c] for e in out[c]["edges"]]
-            con.execute(f"CREATE TEMP TABLE {table}_e AS SELECT unnest($cols) AS col, "
-                        "unnest($edges::DOUBLE[]) AS edge, generate_subscripts($cols, 1) AS k",
-                        {"cols": edge_cols, "edges": edges})
-            counts = con.execute(
-                f"""SELECT e.k, coalesce(c.ca, 0), coalesce(c.cb, 0)
-                FROM {table}_e e ASOF LEFT JOIN {table} c ON e.col = c.col AND e.edge >= c.x ORDER BY e.k"""
-            ).fetchall()
-            k = 0
-            for col in dict.fromkeys(edge_cols):
-                m = out[col]
-                below = np.array([[a, b] for _, a, b in counts[k:k + len(m["edges"])]], dtype=np.float64)
-                k += len(m["edges"])
-                cum = np.vstack([np.zeros((1, 2)), below, [[m["n_ref"], m["n_cur"]]]])
-                m["bins"] = np.diff(cum, axis=0)  # (bins, 2): reference and current counts
-        return out
+        yield ibis.duckdb.from_connection(con)
     finally:
-        con.execute(";".join(f"DROP TABLE IF EXISTS {table}{suffix}" for suffix in ("", "_w", "_e")))
-
-
-def _lerp(a: float, b: float, t: float) -> float:
-    """numpy's interpolation between neighbouring order statistics (exact at t = 0 and 1)."""
-    diff = b - a
-    return b - diff * (1 - t) if t >= 0.5 else a + diff * t
-
-
-def _category_counts(
-    con: Any, source_sql: str, params: Mapping[str, Any], indexes: list[int]
-) -> dict[str, tuple[list[str], np.ndarray]]:
-    cols = ", ".join(f"_v{i}" for i in indexes)
-    found = con.execute(
-        f"""SELECT col, v, count(*) FILTER (WHERE _side = 0), count(*) FILTER (WHERE _side = 1)
-        FROM (UNPIVOT (SELECT _side, {cols} FROM ({source_sql})) ON {cols} INTO NAME col VALUE v)
-        GROUP BY col, v ORDER BY col, v""",
-        dict(params),
-    ).fetchall()
-    out: dict[str, tuple[list[str], list[tuple[int, int]]]] = {}
-    for col, v, a, b in found:
-        cats, counts = out.setdefault(col, ([], []))
-        cats.append(v)
-        counts.append((a, b))
-    return {c: (cats, np.array(counts, dtype=np.float64).reshape(-1, 2)) for c, (cats, counts) in out.items()}
+        con.execute(f"SET TimeZone = '{saved[0]}'; SET python_enable_replacements = {str(bool(saved[1])).lower()}")
 
 
 def _numeric_row(name: str, m: dict[str, Any] | None) -> ColumnDrift:
