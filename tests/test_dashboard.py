@@ -4,8 +4,12 @@ One demo store (`msewatch demo`: three weeks of a pricing model, a drifting regi
 is served with a read token. Playwright drives Debian's /usr/bin/chromium: every view loads with
 no console error and draws every chart (an SVG with marks), a filter changes the data, and a
 screenshot of each view is saved (to $MSEWATCH_SCREENSHOTS too when set: the README's comes from
-there). The report is opened from file:// with the network off and must draw every chart.
-Locally a missing chromium or playwright skips the browser tests; under CI=true it fails them.
+there); the executive page says which baseline the versions are ranked against, the on-call
+page shows the canary judge's verdict with the server's `[canary]` settings, the debug page
+compares the features with the baseline period. The report is opened from file:// with the
+network off and must draw every chart. The numbers of every panel are checked against NumPy on
+the raw rows. Locally a missing chromium or playwright skips the browser tests; under CI=true it
+fails them.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ INGEST = "dashboard-ingest-token-01234567"
 VIEWS = ("executive", "oncall", "debug")
 CHARTS = {
     "executive": {"rmse_30d", "rmse_90d", "cohort_heatmap", "versions_delta", "budget_burn"},
-    "oncall": {"rolling_mse", "budget", "versions_mse", "coverage_annotated"},
+    "oncall": {"rolling_mse", "budget", "versions_mse", "canary_ratio", "coverage_annotated"},
     "debug": {"sq_error_hist", "pred_vs_truth", "features", "labels"},
 }
 TOKENS = f"""
@@ -43,6 +47,10 @@ scopes = ["read"]
 name = "ingester"
 token = "{INGEST}"
 scopes = ["ingest"]
+
+[canary]
+alpha = 0.01
+min_n = 150
 """
 
 
@@ -161,6 +169,20 @@ def test_each_view_loads_and_draws_every_chart(server: ServerProcess, chromium: 
             assert alert["labels"]["alertname"] in shown
         if not listed:
             assert "None." in shown
+    notes = {c: page.inner_text(f"#chart-{c} + .note") if page.locator(f"#chart-{c} + .note").count() else ""
+             for c in CHARTS[view]}
+    if view == "executive":  # ranked against the recorded baseline (the demo's first week), and says so
+        assert "baseline: recorded for pricing" in notes["versions_delta"], notes
+        assert page.locator("#chart-versions_delta svg .mark-rect.role-mark path").count() == 2  # a bar per version
+    if view == "oncall":  # the judge's verdict, with the [canary] of the server's config (alpha 0.01: 99%)
+        canary = page.inner_text("#table-canary")
+        assert "v2" in canary and "v1" in canary and "99% CI" in canary
+        assert re.search(r"\b(pass|fail|continue)\b", canary)
+        assert page.locator("#chart-canary_ratio svg .mark-symbol.role-mark path").count() == 1
+        assert "canary v2 vs control v1:" in notes["canary_ratio"]
+    if view == "debug":
+        assert "baseline period" in notes["features"], notes
+        assert page.locator("#table-feature_drift tbody tr").count() == 2  # basket_value, distance_km
     _screenshot(page, tmp_path, f"dashboard-{view}")
     assert errors == []
     context.close()
@@ -211,7 +233,7 @@ def test_a_filter_changes_the_data(server: ServerProcess, chromium: Any, tmp_pat
 # -- the report ----------------------------------------------------------------------------------
 def test_report_is_self_contained(demo: dict[str, Path]) -> None:
     text = demo["report"].read_text(encoding="utf-8")
-    assert not re.findall(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', text, flags=re.I)
+    assert not re.findall(r'(?:src|href)\s*=\s*["\']?\s*(?:https?:)?//', text, flags=re.IGNORECASE)
     assert not re.findall(r'<script[^>]+src=', text) and not re.findall(r'<link[^>]+stylesheet', text)
     assert "@import" not in text and "url(http" not in text
 
@@ -242,34 +264,220 @@ def test_report_opens_offline_and_draws_every_chart(demo: dict[str, Path], chrom
     context.close()
 
 
-# -- the numbers ---------------------------------------------------------------------------------
-def test_view_numbers_match_the_rows(demo: dict[str, Path]) -> None:
-    """The rollup-based daily RMSE and the per-version MSE agree with the joined rows."""
-    from msewatch.views import Filters, compute_view
+# -- the numbers: every panel against NumPy / SQL on the raw rows ---------------------------------
+DAY = 86400
+
+
+@pytest.fixture(scope="module")
+def rows(demo: dict[str, Path]) -> dict[str, Any]:
+    """The demo's labeled pairs as NumPy arrays, straight from the raw tables."""
+    import numpy as np
 
     con = duckdb.connect(str(demo["db"]), read_only=True)
+    got = con.execute(
+        """SELECT epoch(p.ts) AS t, p.version, p.region, p.y_pred, l.y_true, p.basket_value, p.distance_km FROM predictions p
+        JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current WHERE p.model = 'pricing'"""
+    ).fetchnumpy()
+    features = con.execute("SELECT epoch(ts) AS t, basket_value, distance_km FROM predictions WHERE model = 'pricing'").fetchnumpy()
+    (metrics, since, until), = con.execute(
+        "SELECT metrics, epoch(since), epoch(until) FROM baselines WHERE model = 'pricing' AND segment = ''").fetchall()
+    con.close()
+    out = {k: np.asarray(v) for k, v in got.items()}
+    out["r2"] = (out["y_pred"] - out["y_true"]) ** 2
+    out["end"] = float(np.floor(features["t"].max() / 60) * 60 + 60)  # the views' end: the newest minute's end
+    out["start"] = float(np.floor(features["t"].min() / 60) * 60)
+    out["features"] = {k: np.asarray(v) for k, v in features.items()}
+    out["baseline"] = {"mse": json.loads(metrics)["mse"], "since": since, "until": until}
+    return out
+
+
+def _charts(doc: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    return {c["id"]: c["spec"]["data"]["values"] for c in doc["charts"]}
+
+
+def _epoch(iso: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def _daily(rows: dict[str, Any], lo: float, hi: float, mask: Any = True) -> dict[float, float]:
+    import numpy as np
+
+    keep = (rows["t"] >= lo) & (rows["t"] < hi) & mask
+    days = np.floor(rows["t"][keep] / DAY) * DAY
+    return {float(d): float(np.sqrt(rows["r2"][keep][days == d].mean())) for d in np.unique(days)}
+
+
+def _without_baseline(demo: dict[str, Path], tmp_path: Path) -> Any:
+    copy = tmp_path / "nobaseline.duckdb"
+    shutil.copy(demo["db"], copy)
+    con = duckdb.connect(str(copy))
+    con.execute("DELETE FROM baselines")
     con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def _open(demo: dict[str, Path]) -> Any:
+    con = duckdb.connect(str(demo["db"]), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def test_executive_numbers_match_the_rows(demo: dict[str, Path], rows: dict[str, Any], tmp_path: Path) -> None:
+    """Daily RMSE over 30 and 90 days whatever the filter's width (clipped to the data), the cohort ×
+    day heatmap, a cohort filter, and ΔMSE against the recorded baseline or else the default one."""
+    import datetime as dt
+
+    import numpy as np
+
+    from msewatch.views import Filters, compute_view
+
+    con = _open(demo)
+    end, start = rows["end"], rows["start"]
+    until = end - 2 * DAY  # a one-day filter: the trends still reach 30 and 90 days back
+    f = Filters(model="pricing", since=dt.datetime.fromtimestamp(until - DAY, dt.timezone.utc),
+                until=dt.datetime.fromtimestamp(until, dt.timezone.utc))
+    charts = _charts(compute_view(con, "executive", f))
+    expected = _daily(rows, start, until)
+    assert len(expected) > 14
+    for name in ("rmse_30d", "rmse_90d"):
+        got = {_epoch(r["t"]): r["rmse"] for r in charts[name]}
+        assert got.keys() == expected.keys(), name
+        assert all(math.isclose(got[d], expected[d], rel_tol=1e-9) for d in got)
+    # cohort × day over the filter's range; the whole 30 days without one
+    for doc_filters, lo, hi in ((f, until - DAY, until), (Filters(model="pricing"), start, end)):
+        heat = {(_epoch(r["t"]), r["cohort"]): (r["rmse"], r["n"]) for r in _charts(compute_view(con, "executive", doc_filters))["cohort_heatmap"]}
+        keep = (rows["t"] >= np.floor(lo / 3600) * 3600) & (rows["t"] < hi)
+        days = np.floor(rows["t"] / DAY) * DAY
+        cells = {(float(d), str(g)) for d, g in zip(days[keep], rows["region"][keep])}
+        assert heat.keys() == cells and len(cells) >= 4
+        for d, g in cells:
+            m = keep & (days == d) & (rows["region"] == g)
+            assert heat[(d, g)][1] == m.sum()
+            assert math.isclose(heat[(d, g)][0], float(np.sqrt(rows["r2"][m].mean())), rel_tol=1e-9)
+    # a cohort filter: the hourly segment rollups, not the joined rows
+    latam = _charts(compute_view(con, "executive", Filters(model="pricing", cohort="region", cohort_value="latam")))
+    expected = _daily(rows, start, end, rows["region"] == "latam")
+    got = {_epoch(r["t"]): r["rmse"] for r in latam["rmse_30d"]}
+    assert got.keys() == expected.keys() and all(math.isclose(got[d], expected[d], rel_tol=1e-9) for d in got)
+    # ΔMSE of each version against the recorded baseline (msewatch baseline set: the demo's first week)
     doc = compute_view(con, "executive", Filters(model="pricing"))
-    daily = {r["t"][:10]: r["rmse"] for r in {c["id"]: c for c in doc["charts"]}["rmse_30d"]["spec"]["data"]["values"]}
-    rows = con.execute(
-        """SELECT strftime(p.ts, '%Y-%m-%d'), sqrt(avg((p.y_pred - l.y_true) ^ 2)) FROM predictions p
-        JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current WHERE p.model = 'pricing' GROUP BY 1"""
-    ).fetchall()
-    assert len(rows) == len(daily) > 10
-    for day, rmse in rows:
-        assert math.isclose(daily[day], rmse, rel_tol=1e-9), day
-    versions = {r[0]: r for r in doc["tables"][0]["rows"]}
-    assert set(versions) == {"v1", "v2"}
-    v2 = con.execute(
-        """SELECT avg((p.y_pred - l.y_true) ^ 2) FROM predictions p JOIN labels l ON l.prediction_id = p.prediction_id
-        AND l.is_current WHERE p.version = 'v2'"""
-    ).fetchall()[0][0]
-    assert math.isclose(float(versions["v2"][4]), v2, rel_tol=1e-4)
-    # a cohort filter reads the rows; without one the rollups: the same numbers for the whole model
+    chart = {c["id"]: c for c in doc["charts"]}["versions_delta"]
+    assert chart["note"].startswith("baseline: recorded for pricing")
+    for bar in chart["spec"]["data"]["values"]:
+        mse = rows["r2"][rows["version"] == bar["version"]].mean()
+        assert math.isclose(bar["delta_mse"], mse - rows["baseline"]["mse"], rel_tol=1e-9, abs_tol=1e-12)
+    con.close()
+    # without one: the median of the daily MSE over the 30 days before the end, as the alert rules use
+    con = _without_baseline(demo, tmp_path)
+    chart = {c["id"]: c for c in compute_view(con, "executive", Filters(model="pricing"))["charts"]}["versions_delta"]
+    # a store an older msewatch wrote (no segment rollups), read-only: the same cells from the rows
+    for cohort in (Filters(model="pricing"), Filters(model="pricing", cohort="region", cohort_value="latam")):
+        with_rollups = _charts(compute_view(con, "executive", cohort))
+        con.execute("ALTER TABLE segment_rollups RENAME TO hidden")
+        from_rows = _charts(compute_view(con, "executive", cohort))
+        con.execute("ALTER TABLE hidden RENAME TO segment_rollups")
+        for name in ("cohort_heatmap", "rmse_30d"):
+            assert len(from_rows[name]) == len(with_rollups[name]) > 0
+            for a, b in zip(from_rows[name], with_rollups[name]):
+                assert a["t"] == b["t"] and math.isclose(a["rmse"], b["rmse"], rel_tol=1e-9)
+    con.close()
+    assert "no recorded baseline; the median of the daily MSE" in chart["note"]
+    day = np.floor((rows["t"] - end) / DAY)
+    median = float(np.median([rows["r2"][day == d].mean() for d in np.unique(day)]))
+    for bar in chart["spec"]["data"]["values"]:
+        mse = rows["r2"][rows["version"] == bar["version"]].mean()
+        assert math.isclose(bar["delta_mse"], mse - median, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_oncall_canary_verdict_matches_the_rows(demo: dict[str, Path], rows: dict[str, Any]) -> None:
+    """The judge's arms (n, MSE), ratio and confidence sequence from the raw pairs, with the
+    server's [canary] settings; and no verdict where the newest version did not serve."""
+    import datetime as dt
+
+    import numpy as np
+
+    from msewatch.monitor.config import CanaryConfig
+    from msewatch.monitor.sequential import MixtureSPRT
+    from msewatch.views import Filters, compute_view
+
+    config = CanaryConfig(alpha=0.01, min_n=150)
+    con = _open(demo)
+    doc = compute_view(con, "oncall", Filters(model="pricing"), canary=config)
+    verdict = doc["canary"]
+    assert (verdict["canary"], verdict["control"]) == ("v2", "v1")
+    v2_start = np.floor(rows["t"][rows["version"] == "v2"].min() / 60) * 60
+    arms = {}
+    for v in ("v2", "v1"):
+        r2 = rows["r2"][(rows["version"] == v) & (rows["t"] >= v2_start) & (rows["t"] < rows["end"])]
+        arms[v] = (len(r2), r2.mean(), r2.var(ddof=1))
+    assert (verdict["n_canary"], verdict["n_control"]) == (arms["v2"][0], arms["v1"][0])
+    assert math.isclose(verdict["mse_canary"], arms["v2"][1], rel_tol=1e-9)
+    assert math.isclose(verdict["mse_ratio"], arms["v2"][1] / arms["v1"][1], rel_tol=1e-9)
+    delta = arms["v2"][1] - arms["v1"][1]
+    h = MixtureSPRT(config.alpha, config.tau_rel).half_width(arms["v2"][2] / arms["v2"][0] + arms["v1"][2] / arms["v1"][0],
+                                                            config.tau_rel * arms["v1"][1])
+    ci = ((delta - h) / arms["v1"][1] + 1, (delta + h) / arms["v1"][1] + 1)
+    assert all(math.isclose(a, b, rel_tol=1e-7) for a, b in zip(verdict["ci"], ci))
+    expected = "pass" if ci[1] < 1 + config.margin else ("fail" if verdict["p_value"] <= config.alpha and delta > 0 else "continue")
+    if verdict["verdict"] != "fail":
+        assert verdict["verdict"] == expected
+    else:
+        assert verdict["p_value"] <= config.alpha and delta > 0
+    table = {t["id"]: t for t in doc["tables"]}["canary"]
+    assert table["columns"][4] == "99% CI" and table["rows"][0][2] == verdict["verdict"]
+    assert {c["id"]: c for c in doc["charts"]}["versions_mse"]["n"] > 0  # the per-version chart stays
+    # a range where v2 had not served yet: no verdict, and the note says why
+    before = compute_view(con, "oncall", Filters(model="pricing", until=dt.datetime.fromtimestamp(v2_start - DAY, dt.timezone.utc)))
+    con.close()
+    assert "canary" not in before and "did not both serve" in {t["id"]: t for t in before["tables"]}["canary"]["note"]
+
+
+def test_debug_features_against_the_baseline_period(demo: dict[str, Path], rows: dict[str, Any], tmp_path: Path) -> None:
+    """Histograms of each feature in the range and in the recorded baseline's period (else the
+    period before the range), and drift's KS and counts, from NumPy on the raw rows."""
+    import numpy as np
+
+    from msewatch.views import Filters, compute_view
+
+    feats = rows["features"]
+    lo, hi = rows["end"] - 2 * DAY, rows["end"]
+    base = rows["baseline"]
+    for con, ref, note in ((_open(demo), (base["since"], base["until"]), "baseline period"),
+                           (_without_baseline(demo, tmp_path), (lo - 2 * DAY, lo), "previous period")):
+        doc = compute_view(con, "debug", Filters(model="pricing"))
+        con.close()
+        chart = {c["id"]: c for c in doc["charts"]}["features"]
+        assert chart["note"].startswith(note), chart["note"]
+        drift = {r[0]: r for r in {t["id"]: t for t in doc["tables"]}["feature_drift"]["rows"]}
+        for name in ("basket_value", "distance_km"):
+            cur = feats[name][(feats["t"] >= lo) & (feats["t"] < hi)]
+            old = feats[name][(feats["t"] >= ref[0]) & (feats["t"] < ref[1])]
+            both = np.concatenate([old, cur])
+            a, b = np.quantile(both, [0.01, 0.99])
+            width = (b - a) / 20
+            got = {(r["period"], round((r["x"] - a) / width - 0.5)): r["share"] for r in chart["spec"]["data"]["values"]
+                   if r["feature"] == name}
+            for period, values in (("range", cur), (note, old)):
+                bins = np.clip(np.floor((values - a) / width), 0, 19)
+                for k in np.unique(bins):
+                    assert math.isclose(got[(period, int(k))], (bins == k).mean(), rel_tol=1e-9), (name, period, k)
+            grid = np.sort(both)
+            ks = np.abs(np.searchsorted(np.sort(old), grid, side="right") / len(old)
+                        - np.searchsorted(np.sort(cur), grid, side="right") / len(cur)).max()
+            assert drift[name][1:3] == [len(old), len(cur)]
+            assert drift[name][3] == f"{ks:.4f}"
+
+
+def test_cohort_filter_reads_the_cohort(demo: dict[str, Path]) -> None:
+    from msewatch.views import Filters, compute_view
+
+    con = _open(demo)
     debug = compute_view(con, "debug", Filters(model="pricing", cohort="region", cohort_value="latam"))
+    con.close()
     tail = {t["id"]: t for t in debug["tables"]}["tail"]
     assert tail["rows"] and all(r[-1] == "latam" for r in tail["rows"])
-    con.close()
 
 
 def test_report_command_errors(demo: dict[str, Path], tmp_path: Path) -> None:

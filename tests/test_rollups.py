@@ -218,3 +218,81 @@ def test_older_store_gains_the_new_rollup_columns(tmp_path: Path) -> None:
     s.close()
     with Store(path) as again:
         _same_rows(_snapshot(again)[0], expected)
+
+
+def _segment_snapshot(s: Store) -> list:
+    return s.con.execute("SELECT * FROM segment_rollups ORDER BY model, version, segment, value, bucket_start").fetchall()
+
+
+def test_segment_rollups_follow_every_ingest_path(tmp_path: Path) -> None:
+    """The hourly per-segment rows after labels before and after predictions, first labels in
+    chunks, corrections and a segment column that appears later equal a rebuild and the raw rows."""
+    from msewatch.store import _rollups
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    ts = T0 + np.sort(rng.uniform(0, 5 * 3600, n))
+    ids = np.array([f"s{i}" for i in range(n)])
+    y = rng.normal(50, 4, n)
+    ts_col = pa.array((ts * 1e6).astype("int64"), pa.timestamp("us", tz="UTC"))
+    region = np.where(rng.random(n) < 0.1, None, rng.choice(["eu", "us", "o'x"], n))
+    preds = pa.table({"prediction_id": ids, "ts": ts_col, "model": ["m"] * n,
+                      "version": np.where(rng.random(n) < 0.5, "v1", "v2"), "y_pred": y + rng.normal(0, 2, n),
+                      "region": pa.array(region, pa.string())})
+    labels = pa.table({"prediction_id": ids, "y_true": y,
+                       "label_ts": pa.array(((ts + 900) * 1e6).astype("int64"), pa.timestamp("us", tz="UTC"))})
+    s = Store(tmp_path / "seg.duckdb")
+    early = rng.random(n) < 0.2
+    _ingest(s, "labels", labels.filter(pa.array(early)))
+    chunks = np.array_split(np.arange(n), 4)
+    for chunk in chunks[:3]:
+        _ingest(s, "predictions", preds.take(pa.array(chunk)))
+    # the last chunk brings a second segment column: older predictions have no value in it
+    last = preds.take(pa.array(chunks[3]))
+    _ingest(s, "predictions", last.append_column("tier", pa.array(rng.choice(["a", "b"], last.num_rows))))
+    later = np.flatnonzero(~early & (rng.random(n) < 0.85))
+    for chunk in np.array_split(later, 3):
+        _ingest(s, "labels", labels.take(pa.array(chunk)))
+    fixed = later[:120]
+    _ingest(s, "labels", pa.table({"prediction_id": ids[fixed], "y_true": y[fixed] - 3.0,
+                                   "label_ts": pa.array(((ts[fixed] + 5000) * 1e6).astype("int64"),
+                                                        pa.timestamp("us", tz="UTC"))}))
+    incremental = _segment_snapshot(s)
+    _rollups.rebuild(s.con)
+    _same_rows(incremental, _segment_snapshot(s))
+    # against the raw rows, computed independently
+    raw = s.con.execute(
+        """SELECT p.version, p.ts, p.region, p.tier, p.y_pred, l.y_true FROM predictions p
+        LEFT JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current"""
+    ).fetchall()
+    expected: dict[tuple, list] = {}
+    for version, t, reg, tier, yp, yt in raw:
+        hour = int(t.timestamp()) // 3600 * 3600
+        for seg, value in (("region", reg), ("tier", tier)):
+            if value is None:
+                continue
+            acc = expected.setdefault((version, seg, value, hour), [0, 0, 0.0])
+            acc[0] += 1
+            if yt is not None:
+                acc[1] += 1
+                acc[2] += (yp - yt) ** 2
+    got = {(v, seg, val, int(b.timestamp())): [n_p, n_l, sq] for _, v, seg, val, b, n_p, n_l, sq in incremental}
+    assert got.keys() == expected.keys()
+    for key, (n_p, n_l, sq) in expected.items():
+        assert got[key][:2] == [n_p, n_l], key
+        assert _close(got[key][2], sq, 1e-9) if n_l else got[key][2] == 0.0
+    s.close()
+
+
+def test_older_store_gains_the_segment_rollups(tmp_path: Path) -> None:
+    path = tmp_path / "old-seg.duckdb"
+    s = Store(path)
+    _ingest(s, "predictions", pa.table({"prediction_id": ["a", "b"], "ts": [T0, T0 + 90], "model": ["m", "m"],
+                                        "version": ["v", "v"], "y_pred": [1.0, 2.0], "region": ["eu", "us"]}))
+    _ingest(s, "labels", pa.table({"prediction_id": ["a", "b"], "y_true": [0.0, 5.0]}))
+    expected = _segment_snapshot(s)
+    assert [r[3] for r in expected] == ["eu", "us"]
+    s.con.execute("DROP TABLE segment_rollups")
+    s.close()
+    with Store(path) as again:
+        _same_rows(_segment_snapshot(again), expected)

@@ -40,7 +40,8 @@ def report_command(db: str | None, model: str | None, model_version: str | None,
                                   "cohort_value": cohort_value, "since": since, "until": until})
     with Store(path, read_only=True) as store:
         con = store.con
-        views = compute_all(con, filters, slos=store_slos(con, config), alerts=store_alerts(con))
+        views = compute_all(con, filters, slos=store_slos(con, config), alerts=store_alerts(con),
+                            canary=config.monitor.canary)
     if not views["executive"].get("model"):
         _fail(f"{path} holds no predictions.")
     Path(out).write_text(report_html(views, db=path, model=views["executive"]["model"]), encoding="utf-8")

@@ -1,11 +1,13 @@
 """The data and Vega-Lite specs of the dashboard views (`msewatch serve` at /) and of `msewatch report`.
 
 Every number is computed in the engine (DuckDB) over the store: time series from the per-minute
-rollups when no cohort filter is set (cheap on any store size), from the joined predictions and
-current labels otherwise; tail samples and the prediction-vs-truth scatter are bounded (top-N,
-reservoir sample). A view is a dict of small JSON-able charts (a Vega-Lite spec with its data
-inlined) and tables, so the same structure feeds the server's `/api/views/{view}` and the
-self-contained HTML report.
+rollups, cohort series and the cohort × day heatmap from the hourly per-segment rollups (cheap on
+any store size; a join of 10M predictions with their labels takes seconds); only the debug view
+joins rows (its last 2 days by default), for the squared-error histogram, the top-N tail and a
+reservoir sample. Baselines, the canary verdict and the drift numbers come from the monitor
+package, so the dashboard says what the alert rules and `msewatch canary`/`drift` say. A view is
+a dict of small JSON-able charts (a Vega-Lite spec with its data inlined) and tables, so the same
+structure feeds the server's `/api/views/{view}` and the self-contained HTML report.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ VIEWS = ("executive", "oncall", "debug")
 DAY = 86400
 SCATTER_SAMPLE = 2000
 TAIL_ROWS = 20
-HEATMAP_DAYS = 14
 _WIDTH = 520
 
 
@@ -109,6 +110,9 @@ class _Ctx:
         self.until = f.until.timestamp() if f.until else self.data_hi
         self.since = f.since.timestamp() if f.since else None
         self.filters = f
+        self.seg_rollups = bool(con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'segment_rollups' AND schema_name = 'main'"
+        ).fetchall()[0][0])  # absent from a store an older msewatch wrote and only read since
 
     def span(self, default: float) -> tuple[float, float]:
         """[since, until): the filter's range, else the last `default` seconds of data."""
@@ -127,9 +131,18 @@ class _Ctx:
     def series(self, lo: float, hi: float, step: int, *, by_version: bool = False) -> list[dict[str, Any]]:
         """Per `step` seconds: n_predictions, n_labeled, sum_sq (and version when asked)."""
         lo_b = int(lo) // 60 * 60
-        if self.cohort_value:  # the rollups know no segments: from the rows
+        if self.cohort_value and self.seg_rollups:  # hourly per-segment rollups
+            lo_b = int(lo) // 3600 * 3600
+            where, params = self.where("r", cohort=False)
+            sql = f"""SELECT (epoch(r.bucket_start)::BIGINT // {max(step, 3600)}) * {max(step, 3600)} AS t,
+                {'r.version' if by_version else "''"} AS v, sum(r.n_predictions) AS n, sum(r.n_labeled) AS n_lab,
+                sum(r.sum_sq) AS sum_sq FROM segment_rollups r
+                WHERE {where} AND r.segment = $segment AND r.value = $cohort_value
+                  AND r.bucket_start >= $lo AND r.bucket_start < $hi GROUP BY ALL ORDER BY 1"""
+            params |= {"segment": self.cohort, "cohort_value": self.cohort_value}
+        elif self.cohort_value:  # no segment rollups in this store: from the rows
             where, params = self.where()
-            sql = f"""SELECT (epoch(p.ts)::BIGINT // {step}) * {step} AS t, {'p.version' if by_version else "''"} AS v,
+            sql = f"""SELECT (floor(epoch(p.ts))::BIGINT // {step}) * {step} AS t, {'p.version' if by_version else "''"} AS v,
                 count(*) AS n, count(l.y_true) AS n_lab, sum((p.y_pred - l.y_true) ^ 2) AS sum_sq
                 FROM predictions p LEFT JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
                 WHERE {where} AND p.ts >= $lo AND p.ts < $hi GROUP BY ALL ORDER BY 1"""
@@ -191,59 +204,75 @@ def _line(y: str, title: str, color: str | None = None) -> dict[str, Any]:
 
 def executive(ctx: _Ctx, slos: list[dict[str, Any]]) -> dict[str, Any]:
     charts, tables = [], []
+    # 30 and 90 days back from the filter's end (or the newest data), whatever the filter's width
     for days in (30, 90):
-        lo, hi = (ctx.until - days * DAY, ctx.until) if ctx.since is None else ctx.span(days * DAY)
-        rows = [r for r in ctx.series(lo, hi, DAY) if r["rmse"] is not None]
-        charts.append(_chart(f"rmse_{days}d", f"RMSE by day, last {days} days", _line("rmse", "RMSE"), rows))
+        lo = max(ctx.until - days * DAY, ctx.data_lo)
+        rows = [r for r in ctx.series(lo, ctx.until, DAY) if r["rmse"] is not None]
+        clipped = ctx.until - days * DAY < ctx.data_lo
+        charts.append(_chart(f"rmse_{days}d", f"RMSE by day, last {days} days", _line("rmse", "RMSE"), rows,
+                             note=f"data starts {_iso(_ts(ctx.data_lo))[:10]}" if clipped and rows else ""))
     lo, hi = ctx.span(30 * DAY)
+    lo = max(lo, ctx.data_lo)
     heat: list[dict[str, Any]] = []
-    if ctx.cohort:
-        # segments are not in the rollups: the rows of the last 14 days (or the filter's range)
-        sql, params = ctx.joined(*ctx.span(HEATMAP_DAYS * DAY))
-        q = f"""SELECT (epoch(ts)::BIGINT // {DAY}) * {DAY}, {_q(ctx.cohort)}, count(*), avg(r2) FROM ({sql}) GROUP BY ALL ORDER BY 1, 2"""
+    if ctx.cohort and ctx.seg_rollups:
+        where, params = ctx.where("r", cohort=False)
+        value = " AND r.value = $cohort_value" if ctx.cohort_value else ""
+        q = f"""SELECT (epoch(r.bucket_start)::BIGINT // {DAY}) * {DAY}, r.value, sum(r.n_labeled), sum(r.sum_sq)
+            FROM segment_rollups r WHERE {where} AND r.segment = $segment{value}
+              AND r.bucket_start >= $lo AND r.bucket_start < $hi GROUP BY ALL HAVING sum(r.n_labeled) > 0 ORDER BY 1, 2"""
+        params |= {"segment": ctx.cohort, "lo": _ts(int(lo) // 3600 * 3600), "hi": _ts(hi)}
+        if ctx.cohort_value:
+            params["cohort_value"] = ctx.cohort_value
+        heat = [{"t": _iso(_ts(t)), "cohort": str(c), "n": int(n), "rmse": math.sqrt(ss / n)}
+                for t, c, n, ss in ctx.con.execute(q, params).fetchall()]
+    elif ctx.cohort:  # a store without segment rollups: from the rows
+        sql, params = ctx.joined(lo, hi)
+        q = f"""SELECT (floor(epoch(ts))::BIGINT // {DAY}) * {DAY}, {_q(ctx.cohort)}, count(*), avg(r2) FROM ({sql}) GROUP BY ALL ORDER BY 1, 2"""
         heat = [{"t": _iso(_ts(t)), "cohort": str(c), "n": int(n), "rmse": math.sqrt(m)}
-                for t, c, n, m in ctx.con.execute(q, params).fetchall()]
-    charts.append(_chart("cohort_heatmap", f"RMSE by {ctx.cohort or 'cohort'} × day" + ("" if ctx.since is not None else f", last {HEATMAP_DAYS} days"), {
+                for t, c, n, m in ctx.con.execute(q, params).fetchall() if c is not None]
+    charts.append(_chart("cohort_heatmap", f"RMSE by {ctx.cohort or 'cohort'} × day", {
         "mark": "rect",
         "encoding": {"x": {"field": "t", "type": "ordinal", "timeUnit": "yearmonthdate", "title": "day (UTC)"},
                      "y": {"field": "cohort", "type": "nominal", "title": ctx.cohort},
                      "color": {"field": "rmse", "type": "quantitative", "scale": {"scheme": "orangered"}, "title": "RMSE"},
                      "tooltip": [_T, {"field": "cohort"}, {"field": "rmse", "format": ".4g"}, {"field": "n"}]}},
         heat, note="" if ctx.cohort else "no segment column stored"))
-    # versions ranked by ΔMSE vs the baseline: the first version the model served
+    # versions ranked by ΔMSE vs the model's baseline (all versions, whatever the version filter)
     where, params = ctx.where("r", cohort=False)
     where = where.replace(" AND r.version = $version", "")
     params.pop("version", None)
     vrows = ctx.con.execute(
         f"""SELECT version, min(bucket_start), sum(n_predictions), sum(n_labeled), sum(sum_sq) FROM rollups r
         WHERE {where} AND bucket_start >= $lo AND bucket_start < $hi GROUP BY 1 ORDER BY 2""",
-        params | {"lo": _ts(lo), "hi": _ts(hi)}).fetchall()
+        params | {"lo": _ts(int(lo) // 60 * 60), "hi": _ts(hi)}).fetchall()
+    from msewatch.view_panels import baseline
+
+    base, base_note = baseline(ctx)
     ranked: list[dict[str, Any]] = []
-    base = next((r for r in vrows if r[3]), None)
     if base is not None:
-        base_mse = base[4] / base[3]
+        base_mse = float(base.mse)
         for v, first, n, n_lab, s in vrows:
             if n_lab:
                 mse = s / n_lab
                 ranked.append({"version": v, "first_seen": _iso(first), "n": int(n), "n_labeled": int(n_lab), "mse": mse,
                                "delta_mse": mse - base_mse, "delta_pct": 100 * (mse - base_mse) / base_mse if base_mse else None})
     ranked.sort(key=lambda r: -r["delta_mse"])
-    charts.append(_chart("versions_delta", f"Versions by ΔMSE vs baseline {base[0] if base else ''}", {
+    charts.append(_chart("versions_delta", "Versions by ΔMSE vs the baseline", {
         "mark": "bar",
         "encoding": {"y": {"field": "version", "type": "nominal", "sort": "-x", "title": "version"},
                      "x": {"field": "delta_mse", "type": "quantitative", "title": "ΔMSE vs baseline"},
                      "color": {"condition": {"test": "datum.delta_mse > 0", "value": "#c0392b"}, "value": "#2e86c1"},
                      "tooltip": [{"field": "version"}, {"field": "mse", "format": ".4g"}, {"field": "delta_pct", "format": "+.1f", "title": "Δ%"},
-                                 {"field": "n_labeled"}]}}, ranked))
+                                 {"field": "n_labeled"}]}}, ranked, note=base_note))
     tables.append(_table("versions", "Versions", ["version", "first seen", "predictions", "labeled", "MSE", "ΔMSE", "Δ%"],
                          [[r["version"], r["first_seen"], r["n"], r["n_labeled"], _fmt(r["mse"]), _fmt(r["delta_mse"]),
-                           _fmt(r["delta_pct"], ".1f")] for r in ranked]))
+                           _fmt(r["delta_pct"], ".1f")] for r in ranked], note=base_note))
     burn: list[dict[str, Any]] = []
     for s in slos:
         if s["model"] != ctx.model:
             continue
         days = len(s.get("daily_burn") or [])
-        end = dt.datetime.fromisoformat(s["judged_until"].replace("Z", "+00:00")).timestamp()
+        end = dt.datetime.fromisoformat(s["judged_until"]).timestamp()
         for i, b in enumerate(s.get("daily_burn") or []):
             if b is not None:
                 burn.append({"slo": s["slo"], "t": _iso(_ts(end - (days - i) * DAY)), "burn": b})
@@ -261,12 +290,12 @@ def executive(ctx: _Ctx, slos: list[dict[str, Any]]) -> dict[str, Any]:
     return {"charts": charts, "tables": tables}
 
 
-def oncall(ctx: _Ctx, slos: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> dict[str, Any]:
+def oncall(ctx: _Ctx, slos: list[dict[str, Any]], alerts: list[dict[str, Any]], canary: Any = None) -> dict[str, Any]:
     lo, hi = ctx.span(2 * DAY)
-    step = 600 if hi - lo <= 3 * DAY else 3600
+    step = 600 if hi - lo <= 3 * DAY and not ctx.cohort_value else 3600  # a cohort's rollups are hourly
     # rolling MSE over 1h/6h/24h, stepped every `step`: sums of the step buckets
     base = ctx.series(lo - DAY, hi, step)
-    by_t = {dt.datetime.fromisoformat(r["t"].replace("Z", "+00:00")).timestamp(): r for r in base}
+    by_t = {dt.datetime.fromisoformat(r["t"]).timestamp(): r for r in base}
     rolling: list[dict[str, Any]] = []
     t = (int(lo) // step + 1) * step
     while t <= hi:
@@ -307,7 +336,10 @@ def oncall(ctx: _Ctx, slos: list[dict[str, Any]], alerts: list[dict[str, Any]]) 
                                     "color": {"condition": {"test": "datum.remaining < 0", "value": "#c0392b"}, "value": "#27ae60"},
                                     "tooltip": [{"field": "slo"}, {"field": "remaining", "format": ".1%"}]}},
         budget, note="" if budget else "no SLOs configured for this model"))
-    # canary vs control: each version's MSE per hour over the range
+    # canary vs control: the judge's verdict, and each version's MSE per hour over the range
+    from msewatch.view_panels import canary_verdict
+
+    verdict, verdict_note = canary_verdict(ctx, lo, hi, canary)
     versions = ctx.series(lo, hi, 3600, by_version=True)
     versions = [r for r in versions if r["mse"] is not None]
     charts.append(_chart("versions_mse", "Canary vs control: MSE per hour by version", _line("mse", "MSE", "version"), versions))
@@ -318,7 +350,7 @@ def oncall(ctx: _Ctx, slos: list[dict[str, Any]], alerts: list[dict[str, Any]]) 
         params | {"lo": _ts(lo - DAY), "hi": _ts(hi)}).fetchall()]
     where, params = ctx.where()
     notes += [{"t": _iso(_ts(t)), "event": f"{n} labels revised (backfill)"} for t, n in ctx.con.execute(
-        f"""SELECT (epoch(p.ts)::BIGINT // 3600) * 3600, count(*) FROM predictions p JOIN labels l
+        f"""SELECT (floor(epoch(p.ts))::BIGINT // 3600) * 3600, count(*) FROM predictions p JOIN labels l
         ON l.prediction_id = p.prediction_id AND l.is_current AND l.revision > 1
         WHERE {where} AND p.ts >= $lo AND p.ts < $hi GROUP BY 1 ORDER BY 2 DESC LIMIT 10""",
         params | {"lo": _ts(lo), "hi": _ts(hi)}).fetchall()]
@@ -338,24 +370,66 @@ def oncall(ctx: _Ctx, slos: list[dict[str, Any]], alerts: list[dict[str, Any]]) 
                 for a in alerts if a["labels"].get("model", ctx.model) == ctx.model]),
         _table("annotations", "Version changes and backfills", ["time (UTC)", "event"], [[n["t"], n["event"]] for n in notes]),
     ]
-    return {"charts": charts, "tables": tables}
+    level = 1 - (canary.alpha if canary is not None else 0.05)
+    margin = canary.margin if canary is not None else 0.05
+    ratio = [] if verdict is None or verdict["mse_ratio"] is None else [{
+        "arms": f"{verdict['canary']} / {verdict['control']}", "ratio": verdict["mse_ratio"], "verdict": verdict["verdict"],
+        "lo": verdict["ci"][0] if verdict["ci"] else verdict["mse_ratio"], "hi": verdict["ci"][1] if verdict["ci"] else verdict["mse_ratio"]}]
+    rule = {"data": {"values": [{}]}, "mark": {"type": "rule", "strokeDash": [4, 4]}}
+    charts.insert(3, _chart("canary_ratio", f"Canary judge: MSE ratio with its {level:.0%} confidence sequence", {
+        "height": 60,
+        "layer": [
+            {"mark": {"type": "rule", "strokeWidth": 3},
+             "encoding": {"y": {"field": "arms", "type": "nominal", "title": None},
+                          "x": {"field": "lo", "type": "quantitative", "scale": {"zero": False}, "title": "MSE ratio (canary / control)"},
+                          "x2": {"field": "hi"}}},
+            {"mark": {"type": "point", "filled": True, "size": 80},
+             "encoding": {"y": {"field": "arms", "type": "nominal"}, "x": {"field": "ratio", "type": "quantitative"},
+                          "color": {"field": "verdict", "type": "nominal",
+                                    "scale": {"domain": ["pass", "continue", "fail"], "range": ["#27ae60", "#7f8c8d", "#c0392b"]}},
+                          "tooltip": [{"field": "verdict"}, {"field": "ratio", "format": ".4f"}, {"field": "lo", "format": ".4f"},
+                                      {"field": "hi", "format": ".4f"}]}},
+            rule | {"encoding": {"x": {"datum": 1.0}}},
+            rule | {"mark": {"type": "rule", "strokeDash": [2, 2], "color": "#c0392b"}, "encoding": {"x": {"datum": 1 + margin}}},
+        ]}, ratio, note=verdict_note))
+    tables.insert(0, _table(
+        "canary", "Canary judge (newest version vs the previous one)",
+        ["canary", "control", "verdict", "MSE ratio", f"{level:.0%} CI", "n canary", "n control", "MSE canary", "MSE control", "reason"],
+        [] if verdict is None else [[
+            verdict["canary"], verdict["control"], verdict["verdict"], _fmt(verdict["mse_ratio"], ".4f"),
+            "" if not verdict["ci"] else f"[{verdict['ci'][0]:.4f}, {verdict['ci'][1]:.4f}]",
+            verdict["n_canary"], verdict["n_control"], _fmt(verdict["mse_canary"]), _fmt(verdict["mse_control"]), verdict["reason"]]],
+        note=verdict_note))
+    body = {"charts": charts, "tables": tables}
+    if verdict is not None:
+        body["canary"] = verdict
+    return body
 
 
 def debug(ctx: _Ctx) -> dict[str, Any]:
     """The labeled rows of the range are joined once, into a temporary table of this connection,
-    which the histogram, the tail, the sample and the latency then read."""
+    which the histogram, the tail, the sample and the latency then read.
+
+    In two steps: the range's predictions first, so the engine knows how few they are and builds
+    its hash table on them, probing the labels (left to estimates it may build on the labels);
+    about half the time of the one join on 10M labels.
+    """
     import uuid
 
-    lo, hi = ctx.span(7 * DAY)
-    sql, params = ctx.joined(lo, hi)
+    lo, hi = ctx.span(2 * DAY)  # as on-call: reading the labels' ids costs about 1 s per 10M labels
+    where, params = ctx.where()
     table = f"_msewatch_debug_{uuid.uuid4().hex}"
-    keep = "".join(", " + _q(c) for c in ctx.segments)
-    ctx.con.execute(f"CREATE TEMP TABLE {table} AS SELECT prediction_id, ts, version, y_pred, y_true, label_ts, r2{keep} "
-                    f"FROM ({sql})", params)
+    keep = "".join(", p." + _q(c) for c in ctx.segments)
+    con = ctx.con
     try:
+        con.execute(f"CREATE TEMP TABLE {table}_p AS SELECT p.prediction_id, p.ts, p.version, p.y_pred{keep} FROM predictions p "
+                    f"WHERE {where} AND p.ts >= $lo AND p.ts < $hi", params | {"lo": _ts(lo), "hi": _ts(hi)})
+        con.execute(f"CREATE TEMP TABLE {table} AS SELECT p.*, l.y_true, l.label_ts, (p.y_pred - l.y_true) ^ 2 AS r2 "
+                    f"FROM {table}_p p JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current")
         return _debug(ctx, lo, hi, f"SELECT * FROM {table}", {})
     finally:
-        ctx.con.execute(f"DROP TABLE IF EXISTS {table}")
+        for name in (table, f"{table}_p"):
+            con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def _debug(ctx: _Ctx, lo: float, hi: float, sql: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -383,26 +457,12 @@ def _debug(ctx: _Ctx, lo: float, hi: float, sql: str, params: dict[str, Any]) ->
                      "y": {"field": "y_pred", "type": "quantitative", "scale": {"zero": False}, "title": "prediction"},
                      "color": {"field": "version", "type": "nominal"}}},
         [{"y_true": _num(a), "y_pred": _num(b), "version": v} for a, b, v in pts]))
-    # feature distributions: the range vs the baseline period (the same length just before it)
-    feats: list[dict[str, Any]] = []
-    where, wparams = ctx.where()
-    for name in ctx.features:
-        col = f"p.{_q(name)}"
-        lims = con.execute(f"SELECT quantile_cont({col}, 0.01), quantile_cont({col}, 0.99) FROM predictions p "
-                           f"WHERE {where} AND p.ts >= $lo AND p.ts < $hi", wparams | {"lo": _ts(lo - (hi - lo)), "hi": _ts(hi)}).fetchall()[0]
-        if lims[0] is None or lims[1] is None or lims[1] <= lims[0]:
-            continue
-        a, width = float(lims[0]), (float(lims[1]) - float(lims[0])) / 20
-        rows = con.execute(
-            f"""SELECT CASE WHEN p.ts >= $lo2 THEN 'range' ELSE 'baseline' END AS period,
-                least(greatest(floor(({col} - {a}) / {width}), 0), 19) AS b, count(*)
-            FROM predictions p WHERE {where} AND p.ts >= $lo AND p.ts < $hi AND {col} IS NOT NULL GROUP BY ALL""",
-            wparams | {"lo": _ts(lo - (hi - lo)), "lo2": _ts(lo), "hi": _ts(hi)}).fetchall()
-        totals: dict[str, int] = {}
-        for period, _, n in rows:
-            totals[period] = totals.get(period, 0) + n
-        feats += [{"feature": name, "period": period, "x": a + (b + 0.5) * width, "share": n / totals[period]} for period, b, n in rows]
-    charts.append(_chart("features", "Feature distributions: the range vs the period before it (baseline)", {
+    # feature distributions: the range vs the recorded baseline's period, else the period before it
+    from msewatch.view_panels import features, reference_period
+
+    lo_r, hi_r, ref_note = reference_period(ctx, lo, hi)
+    feats, drift_rows = features(ctx, (lo, hi), (lo_r, hi_r), ref_note.split(" period")[0])
+    charts.append(_chart("features", f"Feature distributions: the range vs the {'baseline' if ref_note.startswith('baseline') else 'previous'} period", {
         "facet": {"column": {"field": "feature", "type": "nominal", "title": None}},
         "resolve": {"scale": {"x": "independent"}},
         "spec": {"width": 240, "height": 180, "mark": {"type": "line", "interpolate": "step"},
@@ -410,14 +470,17 @@ def _debug(ctx: _Ctx, lo: float, hi: float, sql: str, params: dict[str, Any]) ->
                               "y": {"field": "share", "type": "quantitative", "axis": {"format": "%"}, "title": "share"},
                               "color": {"field": "period", "type": "nominal"},
                               "tooltip": [{"field": "feature"}, {"field": "period"}, {"field": "x", "format": ".3g"}, {"field": "share", "format": ".1%"}]}}},
-        feats, note="" if ctx.features else "no feature columns stored"))
+        feats, note=ref_note if ctx.features else "no feature columns stored"))
     for c in charts[-1:]:
         c["spec"].pop("width"), c["spec"].pop("height")
+    tables.append(_table("feature_drift", "Feature drift vs the reference period (msewatch drift's tests)",
+                         ["feature", "n reference", "n range", "KS", "KS p-value", "PSI", "PSI band", "Wasserstein/sd", "drift"],
+                         drift_rows, note=ref_note if ctx.features else "no feature columns stored"))
     # label coverage and latency over time
     step = 3600 if hi - lo <= 3 * DAY else 6 * 3600
     cov = ctx.series(lo, hi, step)
     lat = {_iso(_ts(t)): (_num(p50), _num(p90)) for t, p50, p90 in con.execute(
-        f"""SELECT (epoch(ts)::BIGINT // {step}) * {step}, quantile_cont(epoch(label_ts) - epoch(ts), 0.5) / 3600,
+        f"""SELECT (floor(epoch(ts))::BIGINT // {step}) * {step}, quantile_cont(epoch(label_ts) - epoch(ts), 0.5) / 3600,
         quantile_cont(epoch(label_ts) - epoch(ts), 0.9) / 3600 FROM ({sql}) WHERE label_ts IS NOT NULL GROUP BY 1""", params).fetchall()}
     cl = []
     for r in cov:
@@ -455,8 +518,9 @@ def slo_dicts(statuses: list[Any]) -> list[dict[str, Any]]:
 
 
 def compute_view(con: Any, view: str, filters: Filters, *, slos: list[dict[str, Any]] | None = None,
-                 alerts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """One view's charts and tables over the store connection `con` (a DuckDB connection)."""
+                 alerts: list[dict[str, Any]] | None = None, canary: Any = None) -> dict[str, Any]:
+    """One view's charts and tables over the store connection `con` (a DuckDB connection);
+    `canary` is the `[canary]` configuration (a `CanaryConfig`) the on-call judge uses."""
     if view not in VIEWS:
         raise InputError(f"unknown view {view!r}; one of {', '.join(VIEWS)}")
     ctx = _Ctx(con, filters)
@@ -467,7 +531,7 @@ def compute_view(con: Any, view: str, filters: Filters, *, slos: list[dict[str, 
     if view == "executive":
         body = executive(ctx, slos or [])
     elif view == "oncall":
-        body = oncall(ctx, slos or [], alerts or [])
+        body = oncall(ctx, slos or [], alerts or [], canary)
     else:
         body = debug(ctx)
     return head | body
@@ -502,10 +566,12 @@ def store_slos(con: Any, config: Any, at: dt.datetime | None = None) -> list[dic
 
 def store_alerts(con: Any) -> list[dict[str, Any]]:
     """Active (pending or firing) alerts as the server's monitor last stored them."""
+    import duckdb
+
     try:
         rows = con.execute("SELECT state, labels, annotations, value, active_since FROM alert_state "
                            "WHERE state IN ('pending', 'firing') ORDER BY active_since").fetchall()
-    except Exception:  # no monitor tables in this store
+    except duckdb.CatalogException:  # no monitor tables in this store
         return []
     return [{"state": s, "labels": json.loads(lab), "annotations": json.loads(ann), "value": v, "active_since": _iso(since)}
             for s, lab, ann, v, since in rows]

@@ -65,7 +65,8 @@ def dashboard_routes(state: Any, authorize: Callable[[Request, str], Response | 
         try:
             slos = store_slos(reader.con, state.config) if view != "debug" else []
             alerts = live_alerts() if view == "oncall" else []
-            return compute_view(reader.con, view, filters, slos=slos, alerts=alerts)
+            canary = state.config.monitor.canary if view == "oncall" else None
+            return compute_view(reader.con, view, filters, slos=slos, alerts=alerts, canary=canary)
         finally:
             reader.close()
 
@@ -80,7 +81,7 @@ def dashboard_routes(state: Any, authorize: Callable[[Request, str], Response | 
             return _json({"error": "not ready"}, 503)
         unknown = set(request.query_params) - _QUERY
         if unknown:
-            return _json({"error": f"unknown query parameter {sorted(unknown)[0]!r}"}, 400)
+            return _json({"error": f"unknown query parameter {min(unknown)!r}"}, 400)
         try:
             filters = Filters.from_query(request.query_params)
             return _json(await run_in_threadpool(compute, view, filters))

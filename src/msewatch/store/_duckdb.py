@@ -190,12 +190,18 @@ class Store:
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'rollups' AND schema_name = 'main'"
         ).fetchall()}
         missing = [sql for column, sql in rollups.ROLLUP_MIGRATIONS if existed and column not in have]
+        no_segments = existed and not self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'segment_rollups' AND schema_name = 'main'"
+        ).fetchall()[0][0]
         self.con.execute(rollups.ROLLUP_DDL)
-        if missing:
+        if missing or no_segments:
             self.con.execute("BEGIN")
             for sql in missing:
                 self.con.execute(sql)
-            rollups.rebuild(self.con)
+            if missing:
+                rollups.rebuild(self.con)
+            else:  # only the hourly segment rollups are new to this store
+                rollups.segments.rebuild(self.con)
             self.con.execute("COMMIT")
 
     def track_thresholds(self, model: str, thresholds: Sequence[float]) -> list[float]:
@@ -654,7 +660,9 @@ class Store:
         columns `i` has, when it is not the whole predictions table), y_true and label_ts; the
         rollups merge it, and with pair columns asked it becomes `GroupIngest.pairs`.
         """
-        cols = _columns_or_null(["model", "version", "ts", "y_pred", *self._segments()], available, "i")
+        segments = [n for n, k in self.extra_columns().items() if k == "segment"]  # for the segment rollups
+        cols = _columns_or_null(["model", "version", "ts", "y_pred", *dict.fromkeys([*self._segments(), *segments])],
+                                available, "i")
         self.con.execute(
             f"CREATE OR REPLACE TEMP TABLE _firsts AS SELECT {cols}, l.y_true, l.label_ts, "
             f"l.ingested_at AS label_ingested_at FROM {joined}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from msewatch.metrics import EPSILON, ErrorStats
+from msewatch.store import _segment_rollups as segments
 
 __all__ = [
     "ROLLUP_DDL",
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS rollup_good (
     n_good BIGINT NOT NULL,
     PRIMARY KEY (model, version, bucket_start, threshold)
 );
-"""
+""" + segments.SEGMENT_DDL
 
 # stores written before these columns existed get them, then `rebuild` fills them in
 ROLLUP_MIGRATIONS = (
@@ -130,6 +131,7 @@ def refresh(con: Any, touched_sql: str) -> None:
             GROUP BY ALL""",
             {"lo": lo, "hi": hi},
         )
+    segments.refresh(con, "SELECT * FROM _touched")
     con.execute("DROP TABLE IF EXISTS _touched")
 
 
@@ -195,6 +197,7 @@ def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
                           AND r.version = a.version AND r.bucket_start = a.bucket_start)"""
     )
     con.execute("DROP TABLE IF EXISTS _added")
+    segments.add(con, inserted, labeled=False)
     if labeled is not None:  # those of `inserted` that have a label: model, version, ts
         refresh(con, f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {labeled} p")
 
@@ -226,6 +229,8 @@ def add_first_labels(con: Any, firsts: str) -> None:
             GROUP BY ALL
             ON CONFLICT DO UPDATE SET n_good = rollup_good.n_good + EXCLUDED.n_good"""
         )
+    if not segments.add(con, firsts, labeled=True):
+        segments.refresh(con, f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {firsts} p")
     # right-hand sides read the values before the update
     con.execute(
         """UPDATE rollups SET
