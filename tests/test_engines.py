@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from engines_support import ENGINES, WARNING_FILTERS, close_engine, open_engine
 
-from msewatch.engines import EngineTables, connect, engine_source, quantile_note
+from msewatch.engines import EngineTables, engine_source, quantile_note
 from msewatch.evaluate import EvalSpec, evaluate
 from msewatch.monitor.config import Slo
 from msewatch.monitor.series import engine_series, load_series
@@ -33,18 +32,11 @@ from msewatch.monitor.slo import engine_slo_statuses, evaluate_slo, series_span
 from msewatch.sources import from_store
 from msewatch.store import Store
 
-# Py4J (PySpark's bridge to the JVM) leaves its sockets to the garbage collector, and PySpark 4.0
-# passes a keyword pandas 3 deprecates: neither concerns msewatch
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = WARNING_FILTERS
 
 RTOL = 1e-9
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 N = 24_000
-ENGINES = ("duckdb", "pyspark", "chdb")
 #: known differences: engine → {query: reason}; such a query is marked xfail, never skipped.
 #: None today: every query below agrees on all three engines.
 GAPS: dict[str, dict[str, str]] = {"duckdb": {}, "pyspark": {}, "chdb": {}}
@@ -132,40 +124,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store.close()
 
 
-def _spark_or_skip() -> None:
-    missing = [what for what, ok in (("pyspark", _importable("pyspark")), ("java", shutil.which("java") is not None)) if not ok]
-    if missing:
-        reason = f"{' and '.join(missing)} not installed (the PySpark conformance run)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run it")
-        pytest.skip(reason)
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 @pytest.fixture(scope="module", params=ENGINES)
 def engine(request: pytest.FixtureRequest, world: dict[str, Any]) -> Any:
-    name = request.param
-    if name == "pyspark":
-        _spark_or_skip()
-        con = connect("pyspark://?spark.driver.memory=1g")
-    elif name == "chdb":
-        if not _importable("chdb") or not _importable("clickhouse_connect"):
-            if os.environ.get("CI"):
-                pytest.fail("chdb and clickhouse-connect must be installed in CI (the ClickHouse conformance run)")
-            pytest.skip("chdb not installed")
-        con = connect("chdb://")
-    else:
-        con = connect("duckdb://")
+    con = open_engine(request.param)
     for table in ("predictions", "labels", "bad_predictions", "bad_labels"):
         con.read_parquet(str(world["tables"] / f"{table}.parquet"), table_name=f"conf_{table}")
     yield con
-    if name == "pyspark":
-        con._session.stop()
+    close_engine(con)
 
 
 def _source(engine: Any) -> Any:
@@ -182,8 +147,9 @@ def _close(a: Any, b: Any, where: str) -> None:
 
 @pytest.mark.parametrize("spec_name", list(SPECS))
 def test_evaluation_matches_the_store(engine: Any, world: dict[str, Any], spec_name: str) -> None:
-    if spec_name in GAPS[engine.name if engine.name != "clickhouse" else "chdb"]:
-        pytest.xfail(GAPS["chdb" if engine.name == "clickhouse" else engine.name][spec_name])
+    gaps = GAPS["chdb" if engine.name == "clickhouse" else engine.name]
+    if spec_name in gaps:
+        pytest.xfail(gaps[spec_name])
     spec = SPECS[spec_name]
     store = world["store"]
     ref = from_store(store)

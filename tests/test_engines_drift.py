@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from engines_support import ENGINES, WARNING_FILTERS, close_engine, open_engine
 
-from msewatch.engines import EngineTables, connect, engine_tables
+from msewatch.engines import EngineTables, engine_tables
 from msewatch.monitor.drift import DriftReport, drift_from_store, drift_from_tables
 from msewatch.store import Store
 
-# Py4J (PySpark's bridge to the JVM) leaves its sockets to the garbage collector, and PySpark 4.0
-# passes a keyword pandas 3 deprecates: neither concerns msewatch
-pytestmark = [
-    pytest.mark.filterwarnings("ignore::ResourceWarning"),
-    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
-    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
-]
+pytestmark = WARNING_FILTERS
 
 RTOL = 1e-9
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
 N = 8_000
-ENGINES = ("duckdb", "pyspark", "chdb")
 #: known differences: engine → {case: reason}; such a case runs as a strict xfail, never skipped.
 GAPS: dict[str, dict[str, str]] = {
     "duckdb": {},
@@ -158,40 +150,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     store.close()
 
 
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-def _spark_or_skip() -> None:
-    missing = [what for what, ok in (("pyspark", _importable("pyspark")), ("java", shutil.which("java") is not None)) if not ok]
-    if missing:
-        reason = f"{' and '.join(missing)} not installed (the PySpark conformance run)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run it")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module", params=ENGINES)
 def engine(request: pytest.FixtureRequest, world: dict[str, Any]) -> Any:
-    name = request.param
-    if name == "pyspark":
-        _spark_or_skip()
-        con = connect("pyspark://?spark.driver.memory=1g")
-    elif name == "chdb":
-        if not _importable("chdb") or not _importable("clickhouse_connect"):
-            if os.environ.get("CI"):
-                pytest.fail("chdb and clickhouse-connect must be installed in CI (the ClickHouse conformance run)")
-            pytest.skip("chdb not installed")
-        con = connect("chdb://")
-    else:
-        con = connect("duckdb://")
+    con = open_engine(request.param)
     for table in ("predictions", "labels"):
         con.read_parquet(str(world["tables"] / f"{table}.parquet"), table_name=f"drift_{table}")
     yield con
-    if name == "pyspark":
-        con._session.stop()
+    close_engine(con)
 
 
 def _close(a: Any, b: Any, where: str) -> None:

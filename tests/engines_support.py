@@ -1,0 +1,57 @@
+"""The engines of the conformance suites (tests/test_engines.py, tests/test_engines_drift.py).
+
+`open_engine(name)` connects DuckDB, PySpark in local mode or ClickHouse's engine through chdb,
+skipping locally when PySpark, Java or chdb is missing and failing under CI=true, where every
+engine must run. `WARNING_FILTERS` is the modules' `pytestmark`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from typing import Any
+
+import pytest
+
+from msewatch.engines import connect
+
+ENGINES = ("duckdb", "pyspark", "chdb")
+
+# Py4J (PySpark's bridge to the JVM) leaves its sockets to the garbage collector, and PySpark 4.0
+# passes a keyword pandas 3 deprecates: neither concerns msewatch
+WARNING_FILTERS = [
+    pytest.mark.filterwarnings("ignore::ResourceWarning"),
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+def _missing(what: list[tuple[str, bool]], run: str) -> None:
+    absent = [name for name, ok in what if not ok]
+    if absent:
+        reason = f"{' and '.join(absent)} not installed (the {run} conformance run)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run it")
+        pytest.skip(reason)
+
+
+def _importable(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def open_engine(name: str) -> Any:
+    """An Ibis backend for one of ENGINES (a small local SparkSession for pyspark)."""
+    if name == "pyspark":
+        _missing([("pyspark", _importable("pyspark")), ("java", shutil.which("java") is not None)], "PySpark")
+        return connect("pyspark://?spark.driver.memory=1g")
+    if name == "chdb":
+        _missing([("chdb", _importable("chdb")), ("clickhouse-connect", _importable("clickhouse_connect"))], "ClickHouse")
+        return connect("chdb://")
+    return connect("duckdb://")
+
+
+def close_engine(con: Any) -> None:
+    """Stop what the engine started (Spark's JVM session); the others need nothing."""
+    if con.name == "pyspark":
+        con._session.stop()
