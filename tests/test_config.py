@@ -191,7 +191,7 @@ def test_bad_buckets(tmp_path: Path, text: str, needles: list[str]) -> None:
 @pytest.mark.parametrize(
     ("text", "needles"),
     [
-        ("colour = 1", ["unknown key 'colour'", "alerting, alerts, canary, engine, maintenance, metrics, models, notifiers, server, silences, slos, tokens"]),
+        ("colour = 1", ["unknown key 'colour'", "alerting, alerts, canary, engine, maintenance, metrics, models, notifiers, server, silences, sink, slos, tokens"]),
         ("[server]\nmax_bodybytes = 5", ["unknown key 'server.max_bodybytes'", "max_body_bytes"]),
         ("[metrics]\nbucket = [1]", ["unknown key 'metrics.bucket'", "squared_error_buckets"]),
         ("[models.price]\nbuckets = [1]", ["unknown key 'models.price.buckets'", "thresholds"]),
