@@ -42,9 +42,8 @@ __all__ = [
 
 #: engines whose Ibis quantile is approximate, with the engine's documented error
 APPROXIMATE_QUANTILES = {
-    "bigquery": "BigQuery APPROX_QUANTILES: approximate, error bound not published (about 1/number of buckets)",
-    "trino": "Trino approx_percentile: q-digest, rank error about 1%",
-    "clickhouse-sampling": "ClickHouse quantile: reservoir of 8192 values, exact below that count",
+    "bigquery": "BigQuery APPROX_QUANTILES: approximate quantile boundaries; BigQuery has no exact quantile aggregate",
+    "trino": "Trino approx_percentile: a q-digest with a default rank accuracy of 0.01",
 }
 
 #: timestamps keep microseconds (ClickHouse's plain DateTime would drop the fraction)
