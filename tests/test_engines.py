@@ -248,7 +248,6 @@ def _same(a: Any, b: Any, where: str = "") -> None:
         _close(a, b, where)
 
 
-
 # -- through the CLI ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def warehouse(world: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:

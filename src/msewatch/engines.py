@@ -51,8 +51,10 @@ UTC = dt_type.Timestamp(timezone="UTC", scale=6)
 
 _DUCKDB_SETTINGS = ("memory_limit", "threads", "temp_directory", "max_temp_directory_size", "preserve_insertion_order")
 
-_EXTRAS = {"pyspark": "pyspark", "clickhouse": "clickhouse-connect", "chdb": "chdb", "bigquery": "google-cloud-bigquery",
-           "trino": "trino", "snowflake": "snowflake-connector-python"}
+#: what to install for a scheme: msewatch's extras pin versions Ibis supports (PySpark below 4.1)
+_EXTRAS = {"pyspark": "'msewatch[spark]'", "spark": "'msewatch[spark]'", "clickhouse": "'msewatch[clickhouse]'",
+           "chdb": "'msewatch[clickhouse]'", "bigquery": "'ibis-framework[bigquery]'", "trino": "'ibis-framework[trino]'",
+           "snowflake": "'ibis-framework[snowflake]'"}
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ def connect(url: str | Any) -> Any:
             return _exact_clickhouse(ibis.connect(url))
         return ibis.connect(url)
     except ModuleNotFoundError as exc:
-        package = _EXTRAS.get(scheme, exc.name or scheme)
-        raise InputError(f"--engine {scheme}://: the {package!r} package is not installed (pip install {package}).") from exc
+        raise InputError(f"--engine {scheme}://: the {exc.name or scheme!r} package is not installed "
+                         f"(pip install {_EXTRAS.get(scheme, exc.name or scheme)}).") from exc
 
 
 def quantile_note(engine: Any) -> str | None:
@@ -229,12 +231,11 @@ def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
         root = os.path.join(lake, name)
         if "://" not in lake and not os.path.isdir(root):
             raise InputError(f"--lake {lake}: no {name}/ directory; is it a lake written by `msewatch serve --sink`?")
-        name_ = engine.name
-        if name_ == "pyspark":  # no partition discovery: `model` is in the files already
+        if engine.name == "pyspark":  # no partition discovery: `model` is in the files already
             out.append(engine.read_parquet(root, recursiveFileLookup="true", mergeSchema="true"))
-        elif name_ == "duckdb":
+        elif engine.name == "duckdb":
             out.append(engine.read_parquet(f"{root}/**/*.parquet", hive_partitioning=False, union_by_name=True))
-        elif name_ == "clickhouse":
+        elif engine.name == "clickhouse":
             out.append(_clickhouse_files(engine, f"{root}/**/*.parquet"))
         else:
             out.append(engine.read_parquet(f"{root}/**/*.parquet"))
