@@ -434,11 +434,15 @@ class Store:
         same_as = lambda a, b: " AND ".join(
             f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
         )
-        # keys repeated inside the input are rare: one count tells, a hash aggregate finds them
-        has_repeats = con.execute(
-            f"SELECT count(*) > (SELECT count(*) FROM (SELECT DISTINCT {keys} FROM _stage WHERE _ok)) "
-            "FROM _stage WHERE _ok"
+        names = ", ".join(_q(c) for c in columns)
+        # keys repeated inside the input are rare: the valid rows go to `_insert` as they are, and
+        # one distinct count tells whether any key repeats (statements are the fixed cost of a commit)
+        candidates = con.execute(
+            f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _stage WHERE _ok"
         ).fetchall()[0][0]
+        has_repeats = candidates and con.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM _insert)"
+        ).fetchall()[0][0] < candidates
         if has_repeats:
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE _repeats AS SELECT {keys}, min(_row) AS _first
@@ -449,26 +453,24 @@ class Store:
                 SELECT s.*, (rp._first IS NULL OR s._row = rp._first) AS _is_first
                 FROM _stage s LEFT JOIN _repeats rp USING ({keys}) WHERE s._ok"""
             )
-        else:
-            con.execute("CREATE OR REPLACE TEMP VIEW _ranked AS SELECT *, true AS _is_first FROM _stage WHERE _ok")
-        # repeats inside the input: identical ones are duplicates, different ones conflicts
-        rows = [] if not has_repeats else con.execute(
-            f"""SELECT r._row, f._row, {same_as('r', 'f')}, {', '.join('r.' + _q(c) for c in key)}
-            FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
-            JOIN (SELECT * FROM _ranked SEMI JOIN _repeats USING ({keys}) WHERE _is_first) f ON {on('f', 'r')}"""
-        ).fetchall()
-        for row, first_row, same, *values in rows:
-            if same:
-                result.add_duplicates([row])
-            elif self._same_request(row, first_row):
-                result.rejects.append(Reject(
-                    row, f"{name(*values)} appears earlier in this input (row {first_row}) with different content", {}
-                ))
-            else:
-                result.rejects.append(Reject(row, f"{name(*values)} is already stored with different content", {}))
-        names = ", ".join(_q(c) for c in columns)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first")
-        candidates = con.execute("SELECT count(*) FROM _insert").fetchall()[0][0]
+            # repeats inside the input: identical ones are duplicates, different ones conflicts
+            rows = con.execute(
+                f"""SELECT r._row, f._row, {same_as('r', 'f')}, {', '.join('r.' + _q(c) for c in key)}
+                FROM (SELECT * FROM _ranked WHERE NOT _is_first) r
+                JOIN (SELECT * FROM _ranked SEMI JOIN _repeats USING ({keys}) WHERE _is_first) f ON {on('f', 'r')}"""
+            ).fetchall()
+            for row, first_row, same, *values in rows:
+                if same:
+                    result.add_duplicates([row])
+                elif self._same_request(row, first_row):
+                    result.rejects.append(Reject(
+                        row, f"{name(*values)} appears earlier in this input (row {first_row}) with different content", {}
+                    ))
+                else:
+                    result.rejects.append(Reject(row, f"{name(*values)} is already stored with different content", {}))
+            candidates = con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first"
+            ).fetchall()[0][0]
         stamp = self._stamp()
         inserted = con.execute(
             f"""INSERT INTO {table} ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
@@ -663,11 +665,10 @@ class Store:
         segments = [n for n, k in self.extra_columns().items() if k == "segment"]  # for the segment rollups
         cols = _columns_or_null(["model", "version", "ts", "y_pred", *dict.fromkeys([*self._segments(), *segments])],
                                 available, "i")
-        self.con.execute(
+        count = self.con.execute(  # CREATE TABLE AS answers with its row count
             f"CREATE OR REPLACE TEMP TABLE _firsts AS SELECT {cols}, l.y_true, l.label_ts, "
             f"l.ingested_at AS label_ingested_at FROM {joined}"
-        )
-        count = self.con.execute("SELECT count(*) FROM _firsts").fetchall()[0][0]
+        ).fetchall()[0][0]
         if count and self._pair_columns is not None:
             keys = ", ".join(_q(c) for c in ["model", "version", *self._segments(), "y_pred", "y_true"])
             self._pairs = self.con.sql(

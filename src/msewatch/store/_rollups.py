@@ -180,23 +180,16 @@ def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
     it in is exact; a prediction whose label arrived first changes the error sums, and its
     minute is recomputed from the raw tables like any other.
     """
+    # one MERGE, not a temp table, an UPDATE and an INSERT: statements are the fixed cost of
+    # every group commit
     con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _added AS
-        SELECT p.model, p.version, {_BUCKET} AS bucket_start, count(*) AS n
-        FROM {inserted} p GROUP BY ALL"""
+        f"""MERGE INTO rollups r
+        USING (SELECT p.model, p.version, {_BUCKET} AS bucket_start, count(*) AS n FROM {inserted} p GROUP BY ALL) a
+        ON r.model = a.model AND r.version = a.version AND r.bucket_start = a.bucket_start
+        WHEN MATCHED THEN UPDATE SET n_predictions = r.n_predictions + a.n
+        WHEN NOT MATCHED THEN INSERT (model, version, bucket_start, n_predictions, n_labeled)
+            VALUES (a.model, a.version, a.bucket_start, a.n, 0)"""
     )
-    con.execute(
-        """UPDATE rollups SET n_predictions = rollups.n_predictions + a.n FROM _added a
-        WHERE rollups.model = a.model AND rollups.version = a.version
-          AND rollups.bucket_start = a.bucket_start"""
-    )
-    con.execute(
-        """INSERT INTO rollups (model, version, bucket_start, n_predictions, n_labeled)
-        SELECT a.model, a.version, a.bucket_start, a.n, 0 FROM _added a
-        WHERE NOT EXISTS (SELECT 1 FROM rollups r WHERE r.model = a.model
-                          AND r.version = a.version AND r.bucket_start = a.bucket_start)"""
-    )
-    con.execute("DROP TABLE IF EXISTS _added")
     segments.add(con, inserted, labeled=False)
     if labeled is not None:  # those of `inserted` that have a label: model, version, ts
         refresh(con, f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {labeled} p")

@@ -75,26 +75,23 @@ def add(con: Any, rows: str, *, labeled: bool) -> bool:
         return True
     cols = ", ".join(f"p.{_q(c)}" for c in columns)
     r = "p.y_pred - p.y_true" if labeled else "NULL::DOUBLE"
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _seg_add AS
-        SELECT model, version, segment, value, bucket_start, count(*) AS n, coalesce(sum(r * r), 0) AS sq
+    added = f"""SELECT model, version, segment, value, bucket_start, count(*) AS n, coalesce(sum(r * r), 0) AS sq
         FROM ({_unpivot(f"SELECT p.model, p.version, p.ts, {cols}, {r} AS r FROM {rows} p", columns)}) GROUP BY ALL"""
-    )
     match = " AND ".join(f"s.{k} = a.{k}" for k in _KEYS)
-    if labeled:
-        con.execute(f"""UPDATE segment_rollups s SET n_labeled = s.n_labeled + a.n, sum_sq = s.sum_sq + a.sq
-            FROM _seg_add a WHERE {match}""")
-    else:
-        con.execute(f"""UPDATE segment_rollups s SET n_predictions = s.n_predictions + a.n
-            FROM _seg_add a WHERE {match}""")
+    if not labeled:  # new predictions: one MERGE (statements are the fixed cost of a group commit)
+        con.execute(
+            f"""MERGE INTO segment_rollups s USING ({added}) a ON {match}
+            WHEN MATCHED THEN UPDATE SET n_predictions = s.n_predictions + a.n
+            WHEN NOT MATCHED THEN INSERT VALUES (a.model, a.version, a.segment, a.value, a.bucket_start, a.n, 0, 0.0)"""
+        )
+        return True
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _seg_add AS {added}")
+    con.execute(f"""UPDATE segment_rollups s SET n_labeled = s.n_labeled + a.n, sum_sq = s.sum_sq + a.sq
+        FROM _seg_add a WHERE {match}""")
+    # a labeled prediction's hour has its row: recompute any that has not
     missing = f"FROM _seg_add a WHERE NOT EXISTS (SELECT 1 FROM segment_rollups s WHERE {match})"
-    if labeled:  # a labeled prediction's hour has its row: recompute any that has not
-        hours = con.execute(f"SELECT count(*) {missing}").fetchall()[0][0]
-        if hours:
-            refresh(con, f"SELECT DISTINCT a.model, a.version, a.bucket_start {missing}")
-    else:
-        con.execute(f"INSERT INTO segment_rollups SELECT a.model, a.version, a.segment, a.value, a.bucket_start, "
-                    f"a.n, 0, 0.0 {missing}")
+    if con.execute(f"SELECT count(*) {missing}").fetchall()[0][0]:
+        refresh(con, f"SELECT DISTINCT a.model, a.version, a.bucket_start {missing}")
     con.execute("DROP TABLE IF EXISTS _seg_add")
     return True
 
