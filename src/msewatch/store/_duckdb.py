@@ -538,12 +538,15 @@ class Store:
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
         # usually no id of the input has a stored label yet: one scan of the labels tells, and
-        # then nothing below needs to look at stored labels again
+        # then nothing needs to look at stored labels again
         fresh = not con.execute(
             """SELECT count(*) FROM labels
             SEMI JOIN (SELECT DISTINCT prediction_id FROM _stage WHERE _ok) USING (prediction_id)"""
         ).fetchall()[0][0]
-        stored = "false" if fresh else """EXISTS (SELECT 1 FROM labels l
+        if fresh:
+            self._merge_fresh_labels(stage, result)
+            return
+        stored = """EXISTS (SELECT 1 FROM labels l
             WHERE l.prediction_id = s.prediction_id AND l.y_true = s.y_true
               AND l.label_ts IS NOT DISTINCT FROM s.label_ts)"""
         # order within the input: by label time (unknown first), then row; a label equal to one
@@ -562,43 +565,32 @@ class Store:
             dup_rows = con.execute("SELECT _row FROM _ranked WHERE _copy > 1 OR _stored").fetchall()
             result.add_duplicates([r for (r,) in dup_rows])
         # revisions number the arrivals; which one counts is decided below
-        previous = "0" if fresh else "coalesce(m.revision, 0)"
-        last_revisions = "" if fresh else """LEFT JOIN (SELECT prediction_id, max(revision) AS revision
-            FROM labels SEMI JOIN _ranked USING (prediction_id)
-            GROUP BY prediction_id) m USING (prediction_id)"""
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _new AS
+            """CREATE OR REPLACE TEMP TABLE _new AS
             SELECT n.prediction_id, n.y_true, n.label_ts,
-                {previous} + row_number() OVER
+                coalesce(m.revision, 0) + row_number() OVER
                     (PARTITION BY n.prediction_id ORDER BY n.label_ts NULLS FIRST, n._row) AS revision
             FROM (SELECT * FROM _ranked WHERE _copy = 1 AND NOT _stored) n
-            {last_revisions}"""
+            LEFT JOIN (SELECT prediction_id, max(revision) AS revision
+                FROM labels SEMI JOIN _ranked USING (prediction_id)
+                GROUP BY prediction_id) m USING (prediction_id)"""
         )
+        inserted = con.execute(
+            """INSERT INTO labels
+            SELECT prediction_id, y_true, label_ts, revision, false, ?, ? FROM _new""",
+            [stage.source, self._stamp()],
+        ).fetchall()
         # the current label: latest label_ts (unknown counts as oldest), then latest arrival,
         # the same rule `eval --labels FILE` applies to a file, so store and files agree
-        best = f"""SELECT prediction_id,
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _best AS SELECT prediction_id,
                 arg_max(revision, {{'t': coalesce(label_ts, {_OLDEST}), 'r': revision}}) AS revision
-            FROM __SOURCE__ GROUP BY prediction_id"""
-        if fresh:  # the input holds every label of its ids: the current flags are known now
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _best AS {best.replace('__SOURCE__', '_new')}")
-            inserted = con.execute(
-                """INSERT INTO labels
-                SELECT n.prediction_id, n.y_true, n.label_ts, n.revision, n.revision = b.revision, ?, ?
-                FROM _new n JOIN _best b USING (prediction_id)""",
-                [stage.source, self._stamp()],
-            ).fetchall()
-        else:
-            inserted = con.execute(
-                """INSERT INTO labels
-                SELECT prediction_id, y_true, label_ts, revision, false, ?, ? FROM _new""",
-                [stage.source, self._stamp()],
-            ).fetchall()
-            source = "labels WHERE prediction_id IN (SELECT prediction_id FROM _new)"
-            con.execute(f"CREATE OR REPLACE TEMP TABLE _best AS {best.replace('__SOURCE__', source)}")
-            con.execute(
-                """UPDATE labels SET is_current = (labels.revision = b.revision)
-                FROM _best b WHERE labels.prediction_id = b.prediction_id"""
-            )
+            FROM labels WHERE prediction_id IN (SELECT prediction_id FROM _new) GROUP BY prediction_id"""
+        )
+        con.execute(
+            """UPDATE labels SET is_current = (labels.revision = b.revision)
+            FROM _best b WHERE labels.prediction_id = b.prediction_id"""
+        )
         result.accepted += int(inserted[0][0]) if inserted else 0
         # revision 1: the id had no label before this commit, so its pair is new (merged into
         # the rollups); an id labeled before has a correction (its minutes are recomputed)
@@ -618,6 +610,40 @@ class Store:
             "DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best; "
             "DROP TABLE IF EXISTS _firsts; DROP TABLE IF EXISTS _corrected"
         )
+
+    def _merge_fresh_labels(self, stage: _Stage, result: IngestResult) -> None:
+        """Labels for ids without a stored label (the usual commit): every step reads the input only.
+
+        The same rules as `_merge_labels`, in fewer statements: an identical copy (id, value and
+        label time) is a duplicate; revisions number the rest by label time (unknown first), then
+        row, so the highest revision of an id is its current label; and each id's current label is
+        its first, merged into the rollups with its prediction.
+        """
+        con = self.con
+        added = con.execute(
+            """CREATE OR REPLACE TEMP TABLE _new AS
+            SELECT prediction_id, y_true, label_ts, _row, row_number() OVER w AS revision,
+                row_number() OVER w = count(*) OVER (PARTITION BY prediction_id) AS is_current
+            FROM (SELECT prediction_id, y_true, label_ts, min(_row) AS _row FROM _stage WHERE _ok GROUP BY ALL)
+            WINDOW w AS (PARTITION BY prediction_id ORDER BY label_ts NULLS FIRST, _row)"""
+        ).fetchall()[0][0]
+        if added < stage.rows:  # identical copies inside the input
+            if result.duplicate_rows is None:
+                result.duplicates += stage.rows - added
+            else:
+                rows = con.execute("SELECT _row FROM _stage WHERE _ok AND _row NOT IN (SELECT _row FROM _new)").fetchall()
+                result.add_duplicates([r for (r,) in rows])
+        stamp = self._stamp()
+        inserted = con.execute(
+            "INSERT INTO labels SELECT prediction_id, y_true, label_ts, revision, is_current, ?, ? FROM _new",
+            [stage.source, stamp],
+        ).fetchall()
+        result.accepted += int(inserted[0][0]) if inserted else 0
+        current = (f"(SELECT prediction_id, y_true, label_ts, TIMESTAMPTZ '{stamp.isoformat()}' AS ingested_at "
+                   "FROM _new WHERE is_current) l JOIN predictions i ON i.prediction_id = l.prediction_id")
+        if self._keep_firsts(current):
+            rollups.add_first_labels(con, "_firsts")
+        con.execute("DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _firsts")
 
     def _stamp(self) -> dt.datetime:
         """`ingested_at` of this commit: later than any before it, so it tells its rows apart.
