@@ -296,3 +296,50 @@ def test_older_store_gains_the_segment_rollups(tmp_path: Path) -> None:
     s.close()
     with Store(path) as again:
         _same_rows(_segment_snapshot(again), expected)
+
+
+def _waiting(s: Store) -> list[str]:
+    return [r[0] for r in s.con.execute("SELECT prediction_id FROM waiting_labels ORDER BY 1").fetchall()]
+
+
+def test_waiting_labels_are_the_labeled_ids_without_a_prediction(tmp_path: Path) -> None:
+    """A prediction commit pairs its ids with `waiting_labels`, not with every stored label: the
+    table must hold exactly the labeled ids that have no prediction, through every label path."""
+    from msewatch.store import _rollups
+
+    s = Store(tmp_path / "w.duckdb")
+    preds = lambda ids, ts: pa.table({"prediction_id": ids, "ts": ts, "model": ["m"] * len(ids),  # noqa: E731
+                                      "version": ["v"] * len(ids), "y_pred": [1.0] * len(ids)})
+    _ingest(s, "predictions", preds(["p"], [T0]))
+    # first labels: one with its prediction, two waiting, one id twice in the input
+    _ingest(s, "labels", pa.table({"prediction_id": ["p", "a", "b", "b"], "y_true": [0.0, 2.0, 3.0, 4.0],
+                                   "label_ts": [T0 + 10, T0 + 10, T0 + 10, T0 + 20]}))
+    assert _waiting(s) == ["a", "b"]
+    # corrections (the path for ids with a stored label) keep each waiting id once
+    _ingest(s, "labels", pa.table({"prediction_id": ["a", "p", "c"], "y_true": [5.0, 1.0, 6.0],
+                                   "label_ts": [T0 + 30, T0 + 30, T0 + 30]}))
+    assert _waiting(s) == ["a", "b", "c"]
+    # predictions arriving pair with their waiting labels, which leave the table
+    _ingest(s, "predictions", preds(["a", "c", "q"], [T0 + 60, T0 + 61, T0 + 62]))
+    assert _waiting(s) == ["b"]
+    incremental = _snapshot(s)
+    assert sum(r[4] for r in incremental[0]) == 3  # p, a and c are labeled
+    _rollups.rebuild(s.con)
+    _same_rows(incremental[0], _snapshot(s)[0])
+    s.close()
+
+
+def test_older_store_gains_the_waiting_labels(tmp_path: Path) -> None:
+    path = tmp_path / "old-wait.duckdb"
+    s = Store(path)
+    _ingest(s, "predictions", pa.table({"prediction_id": ["a"], "ts": [T0], "model": ["m"], "version": ["v"],
+                                        "y_pred": [1.0]}))
+    _ingest(s, "labels", pa.table({"prediction_id": ["a", "x", "x"], "y_true": [0.0, 5.0, 6.0]}))
+    s.con.execute("DROP TABLE waiting_labels")
+    s.close()
+    with Store(path) as again:
+        assert _waiting(again) == ["x"]
+        _ingest(again, "predictions", pa.table({"prediction_id": ["x"], "ts": [T0 + 60], "model": ["m"],
+                                                "version": ["v"], "y_pred": [1.0]}))
+        assert _waiting(again) == []
+        assert again.con.execute("SELECT sum(n_labeled) FROM rollups").fetchall()[0][0] == 2
