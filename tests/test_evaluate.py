@@ -552,3 +552,24 @@ def test_store_end_to_end_uses_latest_revision(tmp_path: Path, s, data) -> None:
         for spec in (EvalSpec(by=("region", "version")), EvalSpec(window=3600, by=("version",))):
             rows = run_evaluation(inp.engine, inp.predictions, inp.labels, spec)
             check_evaluation(rows, expected_rows(s.preds, current, spec), spec)
+
+
+def test_nan_in_a_parquet_file_with_finite_statistics_is_a_reject(tmp_path: Path) -> None:
+    """Parquet writers leave NaN out of a column's min/max statistics, and DuckDB then folds
+    `isnan(x)` to false in a filter pushed into the scan: the NaN label must still be a reject,
+    reported with its reason, and the metrics those of the other rows."""
+    from msewatch.evaluate import evaluate as run
+    from msewatch.sources import first_rejects, from_files
+
+    n = 5
+    pq.write_table(pa.table({"prediction_id": [f"p{i}" for i in range(n)], "ts": [1.7e9 + i for i in range(n)],
+                             "y_pred": [1.0, 2.0, 3.0, 4.0, 5.0]}), tmp_path / "p.parquet")
+    pq.write_table(pa.table({"prediction_id": [f"p{i}" for i in range(n)],
+                             "y_true": [1.0, float("nan"), 3.0, 4.5, 5.0]}), tmp_path / "l.parquet")
+    source = from_files(tmp_path / "p.parquet", tmp_path / "l.parquet")
+    result = run(source.engine, source.predictions, source.labels, EvalSpec())
+    assert result.rejected_labels == 1
+    (row,) = result.rows
+    assert row["n_labeled"] == 4
+    assert math.isclose(row["mse"], 0.25 / 4, rel_tol=1e-12)
+    assert first_rejects(source, str(tmp_path / "l.parquet")) == ["row 2: y_true is not a finite number: 'nan'"]

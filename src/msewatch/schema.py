@@ -194,7 +194,7 @@ def normalize(
                 out[name] = number
                 checks.append(
                     (
-                        value.notnull() & (number.isnull() | number.isnan() | number.isinf()),
+                        value.notnull() & (number.isnull() | _not_finite(number)),
                         "feature " + ibis.literal(repr(name)) + " is not a finite number: "
                         + _quoted(value),
                     )
@@ -246,6 +246,13 @@ def _number(value: ir.Value) -> ir.FloatingValue:
     return value.try_cast("float64")
 
 
+def _not_finite(number: ir.FloatingValue) -> ir.BooleanValue:
+    """NaN or ±inf: x − x is 0 only for a finite x. Not `isnan`: DuckDB folds `isnan(x)` to
+    false in a filter pushed into a Parquet scan whose min/max statistics are finite (writers
+    leave NaN out of them), so a NaN row would pass as valid."""
+    return (number - number) != 0
+
+
 def _finite_number(
     value: ir.Value, name: str
 ) -> tuple[ir.FloatingValue, list[tuple[ir.BooleanValue, ir.StringValue]]]:
@@ -253,7 +260,7 @@ def _finite_number(
     checks = [
         (value.isnull(), ibis.literal(f"{name} is missing")),
         (number.isnull(), f"{name} is not a number: " + _quoted(value)),
-        (number.isnan() | number.isinf(), f"{name} is not a finite number: " + _quoted(value)),
+        (_not_finite(number), f"{name} is not a finite number: " + _quoted(value)),
     ]
     return number, checks
 
