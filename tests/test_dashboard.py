@@ -486,3 +486,23 @@ def test_report_command_errors(demo: dict[str, Path], tmp_path: Path) -> None:
     run = run_cli(["report", "--db", demo["db"], "--cohort", "nope", "--out", tmp_path / "r.html"], cwd=tmp_path)
     assert run.returncode == 2 and "segment column" in run.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_on_a_store_only_ingest_wrote(tmp_path: Path) -> None:
+    """No monitor, no `baseline set`: the store has no baselines table, and the report still
+    ranks versions against the default baseline."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 240
+    pq.write_table(pa.table({"prediction_id": [f"p{i}" for i in range(n)], "ts": [1.7e9 + 60 * i for i in range(n)],
+                             "y_pred": [float(i % 7) for i in range(n)], "region": ["eu", "us"] * (n // 2)}),
+                   tmp_path / "p.parquet")
+    pq.write_table(pa.table({"prediction_id": [f"p{i}" for i in range(n)], "y_true": [float(i % 5) for i in range(n)]}),
+                   tmp_path / "l.parquet")
+    for kind, name in (("predictions", "p.parquet"), ("labels", "l.parquet")):
+        assert run_cli(["ingest", kind, name, "--db", "s.duckdb"], cwd=tmp_path).returncode == 0
+    run = run_cli(["report", "--db", "s.duckdb", "--out", "r.html"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "no recorded baseline; the median of the daily MSE" in text

@@ -136,7 +136,13 @@ def _from_row(row: tuple[Any, ...]) -> Baseline:
 
 
 def list_baselines(con: Any, model: str | None = None) -> list[Baseline]:
-    """Every stored baseline (whole-model rows, each with its cohorts attached)."""
+    """Every stored baseline (whole-model rows, each with its cohorts attached); none when the
+    store has no baselines table (no `msewatch baseline set` or monitor ever wrote to it)."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'baselines' AND schema_name = 'main'"
+    ).fetchall()[0][0]
+    if not exists:
+        return []
     where, params = ("WHERE model = $m", {"m": model}) if model else ("", {})
     rows = [_from_row(r) for r in con.execute(
         f"SELECT * FROM baselines {where} ORDER BY model, version, segment, segment_value", params
