@@ -7,7 +7,9 @@ engine must run. `WARNING_FILTERS` is the modules' `pytestmark`.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import math
 import os
 import shutil
 from typing import Any
@@ -17,6 +19,8 @@ import pytest
 from msewatch.engines import connect
 
 ENGINES = ("duckdb", "pyspark", "chdb")
+#: the agreement the suites ask of every engine (DESIGN.md section 4)
+RTOL = 1e-9
 
 # Py4J (PySpark's bridge to the JVM) leaves its sockets to the garbage collector, and PySpark 4.0
 # passes a keyword pandas 3 deprecates: neither concerns msewatch
@@ -40,11 +44,18 @@ def _importable(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
+_SPARK: list[Any] = []  # one local SparkSession for the whole run: its JVM takes 5-20 s to start
+
+
 def open_engine(name: str) -> Any:
-    """An Ibis backend for one of ENGINES (a small local SparkSession for pyspark)."""
+    """An Ibis backend for one of ENGINES (a small local SparkSession for pyspark, shared by
+    every suite of the run; each registers its tables under its own prefix)."""
     if name == "pyspark":
         _missing([("pyspark", _importable("pyspark")), ("java", shutil.which("java") is not None)], "PySpark")
-        return connect("pyspark://?spark.driver.memory=1g")
+        if not _SPARK:
+            _SPARK.append(connect("pyspark://?spark.driver.memory=1g"))
+            atexit.register(_SPARK[0]._session.stop)
+        return _SPARK[0]
     if name == "chdb":
         _missing([("chdb", _importable("chdb")), ("clickhouse-connect", _importable("clickhouse_connect"))], "ClickHouse")
         return connect("chdb://")
@@ -52,6 +63,13 @@ def open_engine(name: str) -> Any:
 
 
 def close_engine(con: Any) -> None:
-    """Stop what the engine started (Spark's JVM session); the others need nothing."""
-    if con.name == "pyspark":
-        con._session.stop()
+    """Nothing to stop: the shared SparkSession stops when the run ends, the others need nothing."""
+
+
+def assert_close(a: Any, b: Any, where: str, *, abs_tol: float = 1e-12) -> None:
+    """Floats equal to RTOL relative (both present), anything else exactly."""
+    if isinstance(a, float) or isinstance(b, float):
+        assert a is not None and b is not None, (where, a, b)
+        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=abs_tol), (where, a, b)
+    else:
+        assert a == b, (where, a, b)

@@ -14,7 +14,6 @@ Under CI=true a missing pyspark, Java or chdb fails the run; locally those engin
 from __future__ import annotations
 
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from engines_support import ENGINES, WARNING_FILTERS, close_engine, open_engine
+from engines_support import ENGINES, WARNING_FILTERS, assert_close, close_engine, open_engine
 
 from msewatch.engines import EngineTables, engine_source, quantile_note
 from msewatch.evaluate import EvalSpec, evaluate
@@ -138,11 +137,7 @@ def _source(engine: Any) -> Any:
 
 
 def _close(a: Any, b: Any, where: str) -> None:
-    if isinstance(a, float) or isinstance(b, float):
-        assert a is not None and b is not None, (where, a, b)
-        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-9), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
+    assert_close(a, b, where, abs_tol=1e-9)
 
 
 @pytest.mark.parametrize("spec_name", list(SPECS))
@@ -174,6 +169,21 @@ def test_non_finite_and_null_rows_are_left_out_as_the_store_does(engine: Any, wo
     result = evaluate(engine, src.predictions, src.labels, spec)
     assert result.rejected_predictions == 4
     _same(result.rows, expected)
+
+
+def test_epoch_second_times_read_as_the_store_reads_them(engine: Any, world: dict[str, Any], tmp_path: Path) -> None:
+    """A warehouse whose `ts` is a number of epoch seconds (with a fraction) evaluates like
+    the same rows with timestamps."""
+    table = pq.read_table(world["tables"] / "predictions.parquet")
+    seconds = pa.compute.divide(table["ts"].cast(pa.int64()).cast(pa.float64()), 1e6)
+    table = table.set_column(table.schema.get_field_index("ts"), "ts", seconds)
+    pq.write_table(table, tmp_path / "epoch.parquet")
+    engine.read_parquet(str(tmp_path / "epoch.parquet"), table_name="conf_epoch_predictions")
+    spec = SPECS["hourly_by_version_region"]
+    ref = from_store(world["store"])
+    expected = evaluate(ref.engine, ref.predictions, ref.labels, spec).rows
+    src = engine_source(engine, EngineTables(predictions="conf_epoch_predictions", labels="conf_labels"))
+    _same(evaluate(engine, src.predictions, src.labels, spec).rows, expected)
 
 
 def test_overall_mse_matches_numpy(engine: Any, world: dict[str, Any], tmp_path: Path) -> None:

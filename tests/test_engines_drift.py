@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from engines_support import ENGINES, WARNING_FILTERS, close_engine, open_engine
+from engines_support import ENGINES, WARNING_FILTERS, assert_close, close_engine, open_engine
 
 from msewatch.engines import EngineTables, engine_tables
 from msewatch.monitor.drift import DriftReport, drift_from_store, drift_from_tables
@@ -160,11 +159,7 @@ def engine(request: pytest.FixtureRequest, world: dict[str, Any]) -> Any:
 
 
 def _close(a: Any, b: Any, where: str) -> None:
-    if isinstance(a, float) or isinstance(b, float):
-        assert a is not None and b is not None, (where, a, b)
-        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-12), (where, a, b)
-    else:
-        assert a == b, (where, a, b)
+    assert_close(a, b, where)
 
 
 def _same_report(got: DriftReport, expected: DriftReport, where: str) -> None:

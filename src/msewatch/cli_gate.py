@@ -21,6 +21,13 @@ PASS, FAIL = 0, 1
 @click.option("--baseline-model", metavar="MODEL[@VERSION]", help="Compare with a baseline stored by `msewatch baseline set` (with --db).")
 @click.option("--db", metavar="FILE", help="The store holding --baseline-model.")
 @click.option("--labels", "labels_path", metavar="FILE", help="Labels: prediction_id, y_true [, label_ts]; the latest label_ts per id counts.")
+@click.option("--engine", "engine_url", metavar="URL",
+              help="Compute in this engine: duckdb://FILE, pyspark://, chdb://, clickhouse://…, bigquery://…; it reads "
+                   "the FILEs itself (Parquet, CSV, globs) [default: [engine] url of --config].")
+@click.option("--candidate-table", metavar="NAME", help="The candidate's predictions as a table of --engine (schema.table allowed).")
+@click.option("--baseline-table", metavar="NAME", help="The baseline's predictions as a table of --engine.")
+@click.option("--labels-table", metavar="NAME", help="Labels as a table of --engine.")
+@click.option("--config", "config_path", metavar="FILE", help="msewatch.toml: the [engine] url and [engine.columns] (for --engine).")
 @click.option("--max-increase", metavar="PCT", help="Largest ΔMSE allowed, as 5% or 5 (both five percent). Required.")
 @click.option("--max-mse", type=float, metavar="X", help="Also fail when the candidate's MSE is above X.")
 @click.option("--max-rmse", type=float, metavar="X", help="Also fail when the candidate's RMSE is above X.")
@@ -43,6 +50,8 @@ def gate_command(**kw: Any) -> None:
       msewatch gate --candidate cand.parquet --baseline base.parquet --max-increase 5%
       msewatch gate --candidate cand.csv --baseline base.csv --labels y.csv --max-increase 2 --by region
       msewatch gate --candidate cand.parquet --baseline-model pricing@v3 --db store.duckdb --max-increase 5%
+      msewatch gate --engine pyspark:// --candidate-table ml.cand --baseline-table ml.base --max-increase 5%
+      msewatch gate --engine chdb:// --candidate 'cand/*.parquet' --baseline 'base/*.parquet' --max-increase 5%
 
     \b
     Paired: rows of the two files are matched by prediction_id; each id once per file. y_true
@@ -58,6 +67,14 @@ def gate_command(**kw: Any) -> None:
     --baseline-model: unpaired, the candidate's MSE vs the stored MSE and its standard error.
 
     \b
+    --engine URL (or [engine] url of --config): the engine reads the FILEs itself, or the
+    --candidate-table, --baseline-table, --labels-table tables, and computes everything up to
+    the paired squared errors; only those rows come back. Invalid rows: a null or blank id, a
+    null or non-finite y_pred or y_true, a ts that is not a time (reported by id). A table has
+    no row order: rows are ordered by ts, then prediction_id (by prediction_id without ts),
+    which --hac-lag and the bootstrap follow. --baseline-model still reads --db.
+
+    \b
     Rows left out (invalid values, ids in one file only, pairs without a label) are reported
     and are an error above --max-unpaired (default 0: every row must pair).
     Exit status: 0 pass, 1 fail, 2 usage error (files, columns, ids, too few rows, options).
@@ -65,11 +82,23 @@ def gate_command(**kw: Any) -> None:
     from msewatch.monitor import gate
 
     columns = _columns(kw)
-    candidate, baseline, model_ref, db = kw["candidate"], kw["baseline"], kw["baseline_model"], kw["db"]
+    engine_url, settings = _engine_settings(kw)
+    tables = {role: kw[f"{role}_table"] for role in ("candidate", "baseline", "labels")}
+    named = [f"--{role}-table" for role, name in tables.items() if name]
+    if named and not engine_url:
+        _fail(f"{named[0]} names a table of an engine: give --engine URL too, or a file with --{named[0][2:-6]}.")
+    for role, path in (("candidate", kw["candidate"]), ("baseline", kw["baseline"]), ("labels", kw["labels_path"])):
+        if path and tables[role]:
+            _fail(f"give --{role} FILE or --{role}-table NAME, not both.")
+    candidate = kw["candidate"] or tables["candidate"]
+    baseline, model_ref, db = kw["baseline"] or tables["baseline"], kw["baseline_model"], kw["db"]
+    labels = kw["labels_path"] or tables["labels"]
     if not candidate:
-        _fail("give --candidate FILE, the candidate's predictions on the holdout.")
+        _fail("give --candidate FILE" + (" or --candidate-table NAME" if engine_url else "")
+              + ", the candidate's predictions on the holdout.")
     if bool(baseline) == bool(model_ref):
-        _fail("give --baseline FILE or --baseline-model MODEL@VERSION (with --db FILE), one of them.")
+        _fail("give --baseline FILE" + (", --baseline-table NAME" if engine_url else "")
+              + " or --baseline-model MODEL@VERSION (with --db FILE), one of them.")
     if model_ref and not db:
         _fail("--baseline-model needs --db FILE, the store it was recorded in.")
     if db and not model_ref:
@@ -87,21 +116,46 @@ def gate_command(**kw: Any) -> None:
     import duckdb
     import pyarrow as pa
 
+    from msewatch.errors import MsewatchError
+
     stored = None
     described: dict[str, Any] = {"kind": "file", "path": baseline}
+    engine = None
+    kinds = {"candidate": "file", "baseline": "file", "labels": "file"}
     try:
+        inputs: dict[str, Any] = {"candidate": candidate, "baseline": baseline, "labels": labels}
+        if engine_url:
+            from msewatch.engines import connect
+
+            columns = _engine_columns(columns, settings)
+            engine = connect(engine_url)
+            for role, name in tables.items():
+                if name:
+                    inputs[role] = gate.EngineTable.of(engine, table=name, role=role)
+                    kinds[role] = "table"
+                elif inputs[role]:
+                    inputs[role] = gate.EngineTable.of(engine, path=inputs[role], role=role)
+            if tables["baseline"]:
+                described = {"kind": "table", "table": baseline}
         if model_ref:
             stored = _stored_baseline(db, *gate.parse_baseline_ref(model_ref))
-            data = gate.load_candidate(candidate, kw["labels_path"], columns, by=by)
+            data = gate.load_candidate(inputs["candidate"], inputs["labels"], columns, by=by, engine=engine)
             described = {}
         else:
-            data = gate.load_pairs(candidate, baseline, kw["labels_path"], columns, by=by)
-    except (duckdb.Error, pa.ArrowException) as exc:  # a column of a type no value can be read from
+            data = gate.load_pairs(inputs["candidate"], inputs["baseline"], inputs["labels"], columns, by=by,
+                                   engine=engine)
+    except MsewatchError:
+        raise
+    except Exception as exc:  # a column of a type no value can be read from; with --engine, its own errors
+        if not engine_url and not isinstance(exc, duckdb.Error | pa.ArrowException):
+            raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         _fail(f"cannot compare the inputs ({first}).")
-    _warn_rejected(data)
+    _warn_rejected(data, kinds)
     report = gate.run_gate(data, options, stored=stored, baseline=described)
     report.baseline.setdefault("candidate", candidate)
+    if engine is not None:
+        report.baseline["engine"] = engine.name
     for warning in report.warnings:
         click.echo(f"msewatch: warning: {warning}", err=True)
     if kw["summary_md"]:
@@ -115,6 +169,30 @@ def gate_command(**kw: Any) -> None:
     else:
         click.echo(_render(report))
     sys.exit(PASS if report.passed else FAIL)
+
+
+def _engine_settings(kw: dict[str, Any]) -> tuple[str | None, Any]:
+    """--engine, else the [engine] url of --config (as `msewatch eval` takes them), and [engine]."""
+    url, config_path = kw["engine_url"], kw["config_path"]
+    if not config_path:
+        return url, None
+    from msewatch.config import load_config
+
+    settings = load_config(config_path).engine
+    url = url or settings.url or None
+    if not url:
+        _fail(f"{config_path}: no [engine] url; give --engine URL.")
+    return url, settings
+
+
+def _engine_columns(columns: Any, settings: Any) -> Any:
+    """[engine.columns] of the config, overridden by the --*-col options."""
+    if settings is None or not settings.columns:
+        return columns
+    from msewatch.schema import ColumnMap
+
+    mapping = {**settings.columns, **{k: v for k, v in columns.source_names().items() if v != k}}
+    return ColumnMap().with_overrides(**mapping)
 
 
 def _stored_baseline(db: str, model: str, version: str | None) -> Any:
@@ -141,10 +219,10 @@ def _stored_baseline(db: str, model: str, version: str | None) -> Any:
     return found[0]
 
 
-def _warn_rejected(data: Any) -> None:
+def _warn_rejected(data: Any, kinds: dict[str, str]) -> None:
     for role, reasons in data.reject_reasons.items():
         n = data.invalid[role]
-        click.echo(f"msewatch: warning: {n} invalid row{'s' * (n != 1)} in the {role} file "
+        click.echo(f"msewatch: warning: {n} invalid row{'s' * (n != 1)} in the {role} {kinds[role]} "
                    f"{data.paths[role]} ({'; '.join(reasons)}).", err=True)
 
 

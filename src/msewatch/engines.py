@@ -37,6 +37,7 @@ __all__ = [
     "connect",
     "engine_source",
     "engine_tables",
+    "epoch_time",
     "quantile_note",
 ]
 
@@ -183,7 +184,7 @@ def engine_tables(engine: Any, where: EngineTables) -> tuple[ir.Table, ir.Table]
         predictions, labels = _read_file(engine, where.predictions_files), _read_file(engine, where.labels_files)
     else:
         predictions, labels = _table(engine, where.predictions, "predictions"), _table(engine, where.labels, "labels")
-    return _predictions(predictions, where.columns), _current_labels(labels, where.columns, engine.name)
+    return _predictions(predictions, where.columns, engine.name), _current_labels(labels, where.columns, engine.name)
 
 
 def engine_source(engine: Any, where: EngineTables) -> Any:
@@ -242,13 +243,13 @@ def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
     return out[0], out[1]
 
 
-def _predictions(table: ir.Table, columns: ColumnMap) -> ir.Table:
+def _predictions(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
     names = columns.source_names()
     _require(table, [names[c] for c in ("prediction_id", "ts", "model", "version", "y_pred")], "predictions")
     rename = {c: names[c] for c in ("prediction_id", "ts", "model", "version", "y_pred")}
     drop = [c for c in ("source", "ingested_at", "day") if c in table.columns and c not in rename.values()]
     t = table.drop(*drop).rename(rename) if drop else table.rename(rename)
-    ts = t.ts.cast(UTC) if t.ts.type().is_timestamp() else t.ts.cast("float64").as_timestamp("s").cast(UTC)
+    ts = t.ts.cast(UTC) if t.ts.type().is_timestamp() else epoch_time(t.ts.cast("float64"), dialect)
     t = t.mutate(ts=ts, y_pred=t.y_pred.cast("float64"), prediction_id=t.prediction_id.cast("string"))
     ok = t.prediction_id.notnull() & t.ts.notnull() & t.model.notnull() & t.version.notnull() & _finite(t.y_pred)
     return t.mutate(_ok=ok)
@@ -282,6 +283,19 @@ def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Tab
     if known:
         cols["_label_time"] = epoch_seconds(ibis.coalesce(*known) if len(known) > 1 else known[0], dialect)
     return latest_labels(t.select(**cols), dialect=dialect)
+
+
+def epoch_time(seconds: ir.FloatingValue, dialect: str) -> ir.TimestampValue:
+    """Epoch seconds, fraction included, as a UTC time. A cast on DuckDB and Spark; ClickHouse
+    refuses Ibis's float cast, and Ibis's `as_timestamp` takes integers in units that vary by engine."""
+    if dialect == "clickhouse":
+        return _clickhouse_from_micros((seconds * 1e6).round().cast("int64"), "UTC")
+    return seconds.cast(UTC)
+
+
+@ibis.udf.scalar.builtin(name="fromUnixTimestamp64Micro")
+def _clickhouse_from_micros(micros: int, tz: str) -> dt_type.Timestamp(timezone="UTC", scale=6):  # type: ignore[empty-body]
+    """ClickHouse's DateTime64(6) of microseconds since the epoch."""
 
 
 def _finite(x: ir.FloatingValue) -> ir.BooleanValue:

@@ -48,11 +48,23 @@ the lagged estimates.
 Against a stored baseline (`msewatch baseline set`), the comparison is unpaired: the
 candidate's MSE with its standard error against the baseline's mse and mse_se, by the delta
 method of `monitor.stats.delta_pct_bounds`.
+
+In a query engine (`msewatch.engines.connect`: DuckDB, Spark, ClickHouse, BigQuery…), the
+inputs are `EngineTable`s (a table, or files the engine reads itself) and every step up to the
+paired arrays runs there; only the compared rows come back. A row is valid when its id is not
+null or blank, y_pred (and y_true, when read) is a finite number and ts, when given, is a time;
+the reasons are coarser than a file's and the examples name ids, not row numbers. A table has
+no row order, so rows are numbered by (ts, prediction_id), or prediction_id without ts, and a
+labels table by (label_ts, prediction_id, revision when it has one): the lagged estimates and
+the bootstrap follow that order (give unique times for a reproducible one), and of two labels
+of an id with the same label_ts the engine picks one unless a `revision` column orders them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -67,6 +79,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from msewatch.engines import epoch_time
 from msewatch.errors import InputError
 from msewatch.monitor.stats import benjamini_hochberg, delta_pct_bounds, regression_pvalue
 from msewatch.schema import ColumnMap, normalize
@@ -75,6 +88,7 @@ __all__ = [
     "BOOTSTRAP_UNITS",
     "Check",
     "CohortResult",
+    "EngineTable",
     "GateInput",
     "GateOptions",
     "GateReport",
@@ -324,44 +338,87 @@ class GateInput:
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class EngineTable:
+    """An input in a query engine (`msewatch.engines.connect`): a table, or files it reads.
+
+    `name` (the table's name or the path) stands for it in messages; `kind` is "table" or
+    "file". `EngineTable.of(engine, table="ml.holdout")` or `(…, path="cand/*.parquet")`."""
+
+    table: ir.Table
+    name: str
+    kind: str = "table"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @classmethod
+    def of(cls, engine: Any, *, table: str | None = None, path: str | os.PathLike[str] | None = None,
+           role: str = "input") -> EngineTable:
+        from msewatch.engines import _read_file, _table
+
+        if table is not None:
+            return cls(_table(engine, table, role), table, "table")
+        if path is None:
+            raise InputError(f"the {role}: give a table or a path.")
+        return cls(_read_file(engine, str(path)), str(path), "file")
+
+
+Source = str | os.PathLike[str] | EngineTable
+
+
+def _kind(source: Source) -> str:
+    return source.kind if isinstance(source, EngineTable) else "file"
+
+
 def _new_engine() -> Any:
     from msewatch.sources import new_engine
 
     return new_engine()
 
 
-def _first_reasons(engine: Any, table: ir.Table, parse_rejects: list[Any]) -> list[str]:
+def _first_reasons(engine: Any, table: ir.Table, parse_rejects: list[Any], *, by_id: bool = False) -> list[str]:
     reasons = [f"row {p.row}: {p.error}" for p in parse_rejects[:_EXAMPLES]]
-    bad = table.filter(~table._ok).select("_row", "_error").order_by("_row").limit(_EXAMPLES)
-    reasons += [f"row {r['_row']}: {r['_error']}" for r in engine.to_pyarrow(bad).to_pylist()]
+    bad = table.filter(~table._ok).select("_row", "_error", "prediction_id").order_by("_row").limit(_EXAMPLES)
+    for r in engine.to_pyarrow(bad).to_pylist():
+        where = f"id {r['prediction_id']!r}" if by_id else f"row {r['_row']}"
+        reasons.append(f"{where}: {r['_error']}")
     return reasons[:_EXAMPLES]
 
 
-def _read(engine: Any, path: str | os.PathLike[str], role: str, columns: ColumnMap, *, with_y_true: bool,
+def _wanted(role: str, names: dict[str, str], present: Sequence[str], source: Source, *, with_y_true: bool,
+            by: Sequence[str]) -> tuple[list[str], bool]:
+    """The source columns the gate reads (only those are validated: features may hold anything),
+    and whether y_true is among them; InputError when a required one is missing."""
+    needed = ("prediction_id", "y_true") if role == "labels" else ("prediction_id", "y_pred")
+    missing = [names[c] for c in needed if names[c] not in present]
+    if missing:
+        what = " and ".join(repr(m) for m in missing)
+        found = ", ".join(repr(c) for c in present) or "none"
+        raise InputError(f"{source}: the {role} {_kind(source)} has no column {what}; found columns: {found} "
+                         "(map yours with --id-col, --pred-col, --label-col).")
+    if role == "labels":
+        wanted: tuple[str, ...] = ("prediction_id", "y_true", "label_ts")
+        has_y = True
+    else:
+        has_y = with_y_true and names["y_true"] in present
+        wanted = ("prediction_id", "y_pred", "ts", *(("y_true",) if has_y else ()))
+    keep = [names[c] for c in wanted if names[c] in present]
+    return keep + [c for c in by if c in present and c not in keep], has_y
+
+
+def _read(engine: Any, path: Source, role: str, columns: ColumnMap, *, with_y_true: bool,
           by: Sequence[str], into: GateInput) -> tuple[ir.Table, bool]:
     """A validated, materialised table of one input; whether it carries y_true."""
+    if isinstance(path, EngineTable):
+        return _read_engine(engine, path, role, columns, with_y_true=with_y_true, by=by, into=into)
     from msewatch.io import scan
 
     raw, parse_rejects = scan(engine, path)
     names = columns.source_names()
     present = [c for c in raw.columns if c != "_row"]
     into.found_columns[role] = present
-    needed = ("prediction_id", "y_true") if role == "labels" else ("prediction_id", "y_pred")
-    missing = [names[c] for c in needed if names[c] not in present]
-    if missing:
-        what = " and ".join(repr(m) for m in missing)
-        found = ", ".join(repr(c) for c in present) or "none"
-        raise InputError(f"{path}: the {role} file has no column {what}; found columns: {found} "
-                         "(map yours with --id-col, --pred-col, --label-col).")
-    # only the columns the gate reads are validated and kept: features may hold anything
-    if role == "labels":
-        wanted = ("prediction_id", "y_true", "label_ts")
-        has_y = True
-    else:
-        has_y = with_y_true and names["y_true"] in present
-        wanted = ("prediction_id", "y_pred", "ts", *(("y_true",) if has_y else ()))
-    keep = [names[c] for c in wanted if names[c] in present]
-    keep += [c for c in by if c in present and c not in keep]
+    keep, has_y = _wanted(role, names, present, path, with_y_true=with_y_true, by=by)
     raw = raw.select(*keep, "_row")
     if role == "labels":
         table = normalize(raw, "labels", columns, source=str(path))
@@ -381,7 +438,78 @@ def _read(engine: Any, path: str | os.PathLike[str], role: str, columns: ColumnM
     return table, has_y
 
 
-def _census(engine: Any, sides: Sequence[tuple[str, ir.Table, str | os.PathLike[str]]], out: GateInput) -> None:
+def _read_engine(engine: Any, source: EngineTable, role: str, columns: ColumnMap, *, with_y_true: bool,
+                 by: Sequence[str], into: GateInput) -> tuple[ir.Table, bool]:
+    """`_read` of a table in an engine, with portable checks: contract names, float64 values,
+    UTC times, cohorts as text, `_ok`, a coarse `_error`, and `_row` numbering the rows by
+    (ts, prediction_id) — labels by (label_ts, prediction_id, revision) — as a table has no order."""
+    from msewatch.engines import UTC, _finite
+
+    raw = source.table
+    names = columns.source_names()
+    present = list(raw.columns)
+    into.found_columns[role] = present
+    keep, has_y = _wanted(role, names, present, source, with_y_true=with_y_true, by=by)
+    contract = {v: k for k, v in names.items() if v in keep}
+    pid = raw[names["prediction_id"]]
+    pid = pid if pid.type().is_string() else pid.cast("string")
+    out: dict[str, Any] = {"prediction_id": pid}
+    checks: list[tuple[Any, str]] = [(pid.isnull() | (pid.strip().length() == 0), "prediction_id is empty")]
+    for name in keep:
+        key, value = contract.get(name, name), raw[name]
+        if key in ("y_pred", "y_true"):
+            number = value.cast("float64") if value.type().is_numeric() else value.try_cast("float64")
+            out[key] = number
+            checks.append((~_finite(number), f"{key} is null or not finite"))
+        elif key in ("ts", "label_ts"):
+            typ = value.type()
+            if typ.is_timestamp() or typ.is_date():
+                stamp = value.cast(UTC)
+            elif typ.is_numeric():  # epoch seconds
+                stamp = epoch_time(value.cast("float64"), engine.name)
+            else:  # ISO 8601 text, or epoch seconds as text
+                stamp = ibis.coalesce(value.try_cast(UTC), epoch_time(value.try_cast("float64"), engine.name))
+            out[key] = stamp
+            checks.append((value.notnull() & stamp.isnull(), f"{key} is not a time"))
+        elif key != "prediction_id":  # a cohort: its values as text
+            out[key] = value if value.type().is_string() else value.cast("string")
+    failed = [condition.fill_null(True) for condition, _ in checks]
+    ok = ~functools.reduce(operator.or_, failed)
+    error = ibis.cases(*((f, ibis.literal(reason)) for f, (_, reason) in zip(failed, checks)),
+                       else_=ibis.null("string"))
+    order = ["label_ts" if role == "labels" else "ts", "prediction_id"]
+    if role == "labels" and "revision" in present:
+        out["_revision"] = raw["revision"]
+        order.append("_revision")
+    table = raw.select(**out, _ok=ok, _error=error)
+    table = table.mutate(_row=ibis.row_number().over(order_by=[c for c in order if c in table.columns]) + 1)
+    if "_revision" in table.columns:
+        table = table.drop("_revision")
+    table = _materialise(engine, table, role)
+    counts = engine.to_pyarrow(table.aggregate(rows=table.count(), bad=table.count(where=~table._ok))).to_pylist()[0]
+    into.rows[role] = int(counts["rows"])
+    into.invalid[role] = int(counts["bad"] or 0)
+    into.paths[role] = source.name
+    if into.invalid[role]:
+        into.reject_reasons[role] = _first_reasons(engine, table, [], by_id=True)
+    return table, has_y
+
+
+def _materialise(engine: Any, table: ir.Table, role: str) -> ir.Table:
+    """The validated input computed once, as every later step reads it again: a temporary
+    table on DuckDB, a cached DataFrame on Spark; elsewhere each query recomputes it. (Ibis's
+    `cache` would do on DuckDB and ClickHouse, but its clean-up, a DROP TABLE, does not compile
+    with the installed sqlglot.)"""
+    if engine.name == "duckdb":
+        name = f"msewatch_gate_{role}"
+        engine.raw_sql(f'DROP TABLE IF EXISTS temp.main."{name}"')
+        return engine.create_table(name, table, temp=True)
+    if engine.name == "pyspark":
+        return table.cache()
+    return table
+
+
+def _census(engine: Any, sides: Sequence[tuple[str, ir.Table, Source]], out: GateInput) -> None:
     """One pass over the valid ids of the inputs: duplicated ids are an error; ids in only one
     input are counted (with the first few, in file order) into `out`."""
     parts = [t.filter(t._ok).select(id=t.prediction_id, row=t._row, side=ibis.literal(i, "int8"))
@@ -405,19 +533,19 @@ def _census(engine: Any, sides: Sequence[tuple[str, ir.Table, str | os.PathLike[
                                       .select("id", k=per_id[f"n{i}"]).limit(_EXAMPLES)).to_pylist()
             first = ", ".join(f"{r['id']!r} ({r['k']}×)" for r in found)
             raise InputError(f"{path}: {total} prediction_id{'s' * (total != 1)} appear more than once in the "
-                             f"{role} file (first: {first}); each holdout row must be scored once.")
+                             f"{role} {_kind(path)} (first: {first}); each holdout row must be scored once.")
     for key, (cond, row) in only.items():
         setattr(out, key, int(counts[key] or 0))
         if counts[key]:
             out.examples[key] = _examples(engine, per_id.filter(cond), "id", row)
 
 
-def _labels(engine: Any, path: str | os.PathLike[str], columns: ColumnMap, into: GateInput) -> ir.Table:
-    from msewatch.evaluate import REJECTED_ID, latest_labels
+def _labels(engine: Any, path: Source, columns: ColumnMap, into: GateInput) -> ir.Table:
+    from msewatch.evaluate import latest_labels
 
     table, _ = _read(engine, path, "labels", columns, with_y_true=True, by=(), into=into)
-    latest = latest_labels(table.drop("_error"), dialect=engine.name)
-    return latest.filter(latest.prediction_id != REJECTED_ID).select("prediction_id", "y_true")
+    latest = latest_labels(table.filter(table._ok).drop("_ok", "_error"), dialect=engine.name)
+    return latest.select("prediction_id", "y_true")
 
 
 def _cohort_column(by: str, tables: Sequence[tuple[str, ir.Table]], into: GateInput) -> tuple[str, str]:
@@ -440,16 +568,24 @@ def _examples(engine: Any, expr: ir.Table, column: str, order: str) -> list[str]
     return [str(r[column]) for r in engine.to_pyarrow(expr.order_by(order).select(column).limit(_EXAMPLES)).to_pylist()]
 
 
-def load_pairs(candidate: str | os.PathLike[str], baseline: str | os.PathLike[str],
-               labels: str | os.PathLike[str] | None = None, columns: ColumnMap | None = None, *,
-               by: Sequence[str] = (), engine: Any = None) -> GateInput:
+def _engine_of(inputs: Sequence[Source | None], engine: Any) -> Any:
+    """The engine given, else the one of the `EngineTable` inputs, else a new DuckDB for files."""
+    if engine is not None:
+        return engine
+    tables = [x for x in inputs if isinstance(x, EngineTable)]
+    return ibis.get_backend(tables[0].table) if tables else _new_engine()
+
+
+def load_pairs(candidate: Source, baseline: Source, labels: Source | None = None, columns: ColumnMap | None = None,
+               *, by: Sequence[str] = (), engine: Any = None) -> GateInput:
     """Read, validate and pair the candidate and baseline files (and labels) by prediction_id.
 
     y_true comes from the labels file when given (the latest label_ts per id counts), else from
     the candidate, else the baseline; when both carry it they must agree. Rows are returned in
-    the candidate's time order (its `ts` when it has one, else its row order).
+    the candidate's time order (its `ts` when it has one, else its row order; in an engine,
+    `EngineTable` inputs, ts then prediction_id).
     """
-    engine = engine or _new_engine()
+    engine = _engine_of([candidate, baseline, labels], engine)
     columns = columns or ColumnMap()
     out = GateInput(np.empty(0), np.empty(0))
     tc, c_has_y = _read(engine, candidate, "candidate", columns, with_y_true=labels is None, by=by, into=out)
@@ -503,11 +639,10 @@ def load_pairs(candidate: str | os.PathLike[str], baseline: str | os.PathLike[st
     return out
 
 
-def load_candidate(candidate: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None,
-                   columns: ColumnMap | None = None, *, by: Sequence[str] = (),
-                   engine: Any = None) -> GateInput:
+def load_candidate(candidate: Source, labels: Source | None = None, columns: ColumnMap | None = None, *,
+                   by: Sequence[str] = (), engine: Any = None) -> GateInput:
     """The candidate's squared errors alone (against a stored baseline)."""
-    engine = engine or _new_engine()
+    engine = _engine_of([candidate, labels], engine)
     columns = columns or ColumnMap()
     out = GateInput(np.empty(0), None)
     tc, c_has_y = _read(engine, candidate, "candidate", columns, with_y_true=labels is None, by=by, into=out)
@@ -863,7 +998,7 @@ def _baseline_name(report: GateReport) -> str:
     b = report.baseline
     if b.get("kind") == "stored":
         return f"stored baseline {b['model']}" + (f"@{b['version']}" if b.get("version") else "")
-    return str(b.get("path") or "baseline")
+    return str(b.get("path") or b.get("table") or "baseline")
 
 
 def summary_markdown(report: GateReport, *, title: str = "msewatch gate") -> str:
