@@ -238,6 +238,15 @@ def test_tables_in_the_engine_match_the_file_gate(engine: Any, reference: dict[s
     assert "prediction_id is empty" in " ".join(got.reject_reasons["baseline"])
 
 
+def _engine_pairs(name: str, paths: dict[str, Path]) -> gate.GateInput:
+    """The candidate and baseline files paired by the engine `name` reading them."""
+    con = open_engine(name)
+    try:
+        return gate.load_pairs(*(gate.EngineTable.of(con, path=paths[s]) for s in ("cand", "base")), by=BY)
+    finally:
+        close_engine(con)
+
+
 @pytest.mark.parametrize("name", ["duckdb", "chdb"])
 def test_without_ts_rows_follow_prediction_id(name: str, holdout: dict[str, Path], tmp_path: Path) -> None:
     """No ts: the file gate keeps the file's order, an engine orders by prediction_id. The holdout's
@@ -247,11 +256,7 @@ def test_without_ts_rows_follow_prediction_id(name: str, holdout: dict[str, Path
         paths[side] = tmp_path / f"{side}.parquet"
         pq.write_table(pq.read_table(holdout[side]).drop_columns(["ts"]), paths[side])
     expected = gate.load_pairs(paths["cand"], paths["base"], None, by=BY)
-    con = open_engine(name)
-    try:
-        got = gate.load_pairs(*(gate.EngineTable.of(con, path=paths[s]) for s in ("cand", "base")), by=BY)
-    finally:
-        close_engine(con)
+    got = _engine_pairs(name, paths)
     assert got.examples["only_candidate"] == ["cand-only-0", "cand-only-1", "cand-only-2"]
     assert expected.examples["only_candidate"][0] == "h00023"
     got.examples, expected.examples = {}, {}
@@ -274,11 +279,7 @@ def test_csv_with_text_and_epoch_times(name: str, holdout: dict[str, Path], tmp_
         paths[side] = tmp_path / f"{side}.csv"
         pcsv.write_csv(table.set_column(1, "ts", text), paths[side])
     expected = gate.load_pairs(paths["cand"], paths["base"], None, by=BY)
-    con = open_engine(name)
-    try:
-        got = gate.load_pairs(*(gate.EngineTable.of(con, path=paths[s]) for s in ("cand", "base")), by=BY)
-    finally:
-        close_engine(con)
+    got = _engine_pairs(name, paths)
     assert expected.invalid == {"candidate": 4, "baseline": 4}
     _same_input(got, expected)
     _same_reports(got, expected)

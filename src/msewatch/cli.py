@@ -67,7 +67,7 @@ def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | N
 
     Pops the engine options from `kw`; the options win over `[engine]` of the config file."""
     from msewatch.config import load_config
-    from msewatch.engines import EngineTables, connect, engine_source
+    from msewatch.engines import connect, engine_source
 
     url, lake = kw.pop("engine_url", None), kw.pop("lake", None)
     pred_table, label_table = kw.pop("predictions_table", None), kw.pop("labels_table", None)
@@ -78,20 +78,35 @@ def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | N
         if pred_table or label_table:
             _fail("--predictions-table and --labels-table go with --engine URL.")
         return None
-    mapping = {**(settings.columns if settings else {})}
-    if columns is not None:
-        mapping.update({k: v for k, v in columns.source_names().items() if v != k})
-    from msewatch.schema import ColumnMap
+    where = _engine_where(settings, pred_table, label_table, lake, columns, files=files)
+    return engine_source(connect(url or "duckdb://"), where)
 
-    where = EngineTables(
-        predictions=pred_table or (settings.predictions_table if settings else "predictions"),
-        labels=label_table or (settings.labels_table if settings else "labels"),
-        lake=lake or (settings.lake if settings else None) or None,
-        columns=ColumnMap().with_overrides(**mapping),
+
+def _engine_where(settings: Any, predictions_table: str | None, labels_table: str | None, lake: str | None,
+                  columns: Any = None, *, files: tuple[str, str] | None = None) -> Any:
+    """Where the engine finds the data: the options, else `[engine]` of the config (`settings`)."""
+    from msewatch.config import EngineConfig
+    from msewatch.engines import EngineTables
+
+    settings = settings or EngineConfig()
+    return EngineTables(
+        predictions=predictions_table or settings.predictions_table,
+        labels=labels_table or settings.labels_table,
+        lake=lake or settings.lake or None,
+        columns=_engine_columns(settings, columns),
         predictions_files=files[0] if files else None,
         labels_files=files[1] if files else None,
     )
-    return engine_source(connect(url or "duckdb://"), where)
+
+
+def _engine_columns(settings: Any, columns: Any = None) -> Any:
+    """Column names of the engine's tables: `[engine.columns]`, overridden by the --*-col options."""
+    from msewatch.schema import ColumnMap
+
+    mapping = {**(settings.columns if settings else {})}
+    if columns is not None:
+        mapping.update({k: v for k, v in columns.source_names().items() if v != k})
+    return ColumnMap().with_overrides(**mapping)
 
 
 def _fail(message: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from msewatch.cli import _column_options, _columns, _fail, cli
+from msewatch.cli import _column_options, _columns, _engine_columns, _fail, cli
 
 PASS, FAIL = 0, 1
 
@@ -127,7 +127,7 @@ def gate_command(**kw: Any) -> None:
         if engine_url:
             from msewatch.engines import connect
 
-            columns = _engine_columns(columns, settings)
+            columns = _engine_columns(settings, columns)
             engine = connect(engine_url)
             for role, name in tables.items():
                 if name:
@@ -183,16 +183,6 @@ def _engine_settings(kw: dict[str, Any]) -> tuple[str | None, Any]:
     if not url:
         _fail(f"{config_path}: no [engine] url; give --engine URL.")
     return url, settings
-
-
-def _engine_columns(columns: Any, settings: Any) -> Any:
-    """[engine.columns] of the config, overridden by the --*-col options."""
-    if settings is None or not settings.columns:
-        return columns
-    from msewatch.schema import ColumnMap
-
-    mapping = {**settings.columns, **{k: v for k, v in columns.source_names().items() if v != k}}
-    return ColumnMap().with_overrides(**mapping)
 
 
 def _stored_baseline(db: str, model: str, version: str | None) -> Any:

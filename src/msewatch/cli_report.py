@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from msewatch.cli import _engine_options, _fail, cli
+from msewatch.cli import _engine_options, _engine_where, _fail, cli
 
 
 @cli.command("report")
@@ -85,20 +85,14 @@ def _engine_report_store(config: Any, filters: Any, url: str | None, lake: str |
     import datetime as dt
 
     from msewatch.engine_store import RAW_DAYS, engine_store
-    from msewatch.engines import EngineTables, connect
-    from msewatch.schema import ColumnMap
+    from msewatch.engines import connect
 
     settings = config.engine
     url = url or settings.url or None
     lake = lake or settings.lake or None
     if not url and not lake:
         _fail("--predictions-table and --labels-table go with --engine URL.")
-    where = EngineTables(
-        predictions=predictions_table or settings.predictions_table,
-        labels=labels_table or settings.labels_table,
-        lake=lake,
-        columns=ColumnMap().with_overrides(**dict(settings.columns)),
-    )
+    where = _engine_where(settings, predictions_table, labels_table, lake)
     data = f"the lake {lake}" if lake else f"the tables {where.predictions} and {where.labels}"
     engine = connect(url or "duckdb://")
     # event SLO thresholds, counted per minute as a store counts tracked ones

@@ -32,6 +32,7 @@ __all__ = [
     "check_required",
     "normalize",
     "required_columns",
+    "verdict",
 ]
 
 # "shadow": predictions of a candidate version scored beside production (the canary judge's
@@ -211,14 +212,26 @@ def normalize(
                     )
                 )
 
-    # `_ok` is cheap boolean work for every row; the message in `_error` (string building) is
-    # only computed where a consumer asks for it, which is for the rejected rows
-    failed = [condition.fill_null(False) for condition, _ in checks]
-    ok = ~functools.reduce(operator.or_, failed) if failed else ibis.literal(True)
-    error = ibis.cases(*zip(failed, (reason for _, reason in checks)), else_=ibis.null("string")) if failed else ibis.null("string")
+    ok, error = verdict(checks)
     if not reasons:
         return raw.select(**out, _row=raw["_row"].cast("int64"), _ok=ok)
     return raw.select(**out, _row=raw["_row"].cast("int64"), _ok=ok, _error=error)
+
+
+def verdict(
+    checks: Sequence[tuple[ir.BooleanValue, ir.StringValue | str]], *, null_fails: bool = False
+) -> tuple[ir.BooleanValue, ir.StringValue]:
+    """`_ok` (no check failed) and `_error` (the first failed check's reason, else null).
+
+    `_ok` is cheap boolean work for every row; the message in `_error` (string building) is
+    only computed where a consumer asks for it, which is for the rejected rows. A check that
+    is null counts as failed with `null_fails`, else as passed.
+    """
+    if not checks:
+        return ibis.literal(True), ibis.null("string")
+    failed = [condition.fill_null(null_fails) for condition, _ in checks]
+    reasons = [ibis.literal(r) if isinstance(r, str) else r for _, r in checks]
+    return ~functools.reduce(operator.or_, failed), ibis.cases(*zip(failed, reasons), else_=ibis.null("string"))
 
 
 def _blank(text: ir.StringValue) -> ir.BooleanValue:

@@ -62,9 +62,7 @@ of an id with the same label_ts the engine picks one unless a `revision` column 
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -82,7 +80,7 @@ import pyarrow.compute as pc
 from msewatch.engines import epoch_time
 from msewatch.errors import InputError
 from msewatch.monitor.stats import benjamini_hochberg, delta_pct_bounds, regression_pvalue
-from msewatch.schema import ColumnMap, normalize
+from msewatch.schema import ColumnMap, normalize, verdict
 
 __all__ = [
     "BOOTSTRAP_UNITS",
@@ -473,10 +471,7 @@ def _read_engine(engine: Any, source: EngineTable, role: str, columns: ColumnMap
             checks.append((value.notnull() & stamp.isnull(), f"{key} is not a time"))
         elif key != "prediction_id":  # a cohort: its values as text
             out[key] = value if value.type().is_string() else value.cast("string")
-    failed = [condition.fill_null(True) for condition, _ in checks]
-    ok = ~functools.reduce(operator.or_, failed)
-    error = ibis.cases(*((f, ibis.literal(reason)) for f, (_, reason) in zip(failed, checks)),
-                       else_=ibis.null("string"))
+    ok, error = verdict(checks, null_fails=True)
     order = ["label_ts" if role == "labels" else "ts", "prediction_id"]
     if role == "labels" and "revision" in present:
         out["_revision"] = raw["revision"]

@@ -447,7 +447,8 @@ class Store:
         A key repeated inside the input, or already stored, with the same `content` is a
         duplicate and with other content a conflict (rejected: `name(*key values)` says which
         row). The table's unique index refuses stored keys, so the usual input (all new) costs
-        index probes, not a scan of every stored key. `_ranked` and `_repeats` stay for the caller.
+        index probes, not a scan of every stored key. When keys repeat, `_ranked` and `_repeats` stay
+        for the caller to drop as well.
         """
         con = self.con
         keys = ", ".join(_q(c) for c in key)
