@@ -580,6 +580,15 @@ _COMMIT_STEPS = (
     ("NOT EXISTS", "predictions: new ids, anti-join against ALL stored predictions (_insert)"),
     ("INSERT INTO predictions", "predictions: INSERT INTO predictions"),
     ("GROUP BY ALL", "metrics: per-segment counts of new predictions"),
+    ("TEMP TABLE _np AS", "new predictions past the watermark (_np)"),
+    ("TEMP TABLE _nl AS", "new labels past the watermark (_nl)"),
+    ("TEMP TABLE _nlp AS", "newly labelled ids with their predictions, scan of ALL predictions (_nlp)"),
+    ("TEMP TABLE _firsts AS", "first pairs with their current label (_firsts)"),
+    ("MERGE INTO rollups", "rollups: MERGE new predictions' counts"),
+    ("MERGE INTO segment_rollups", "segment rollups: MERGE new predictions' counts"),
+    ("UPDATE rollups", "rollups: merge first pairs (parallel formula)"),
+    ("waiting_labels", "waiting_labels"),
+    ("rollup_state", "watermark"),
     ("row_number() OVER (PARTITION BY prediction_id, y_true",
      "labels: duplicates, EXISTS against stored labels (_ranked)"),
     ("_copy > 1 OR _stored", "labels: fetch duplicate rows"),
@@ -618,8 +627,11 @@ def _classify_commit(frames: list[str], cache: dict) -> str:
         return "validate: compile the normalize SQL (ibis)"
     text = _source_text(deepest, cache)
     hits = [(text.find(key), label) for key, label in _COMMIT_STEPS if key in text]
+    step = any("apply_pending" in f for f in frames)  # the rollup step, between group commits
     if hits:
-        return min(hits)[1]
+        return f"rollup step: {min(hits)[1]}" if step else min(hits)[1]
+    if step:
+        return f"rollup step: {name}"
     if name == "Store.ingest_group":
         return "commit: group bookkeeping (Python)"
     return f"other: {name}"

@@ -11,6 +11,8 @@ Every key has a default, so `msewatch serve` runs with no file. A wrong key or v
     max_pending_rows = 400000        # ingest queue bound; past it requests get 429
     max_extra_columns = 64            # segment/feature columns HTTP may add to the store
     commit_delay_ms = 5               # a commit waits this long for more requests to share it
+    rollup_delay_ms = 1000            # committed rows reach the rollups and /metrics within this…
+    rollup_rows = 100000              # …or once this many wait (a read that needs them waits for them)
 
     [sink]                            # Parquet lake of accepted rows (or `serve --sink DIR`)
     dir = "/data/msewatch-lake"
@@ -75,6 +77,8 @@ class ServerConfig:
     max_extra_columns: int = 64
     max_group_rows: int = 200_000
     commit_delay_ms: int = 5
+    rollup_delay_ms: int = 1000
+    rollup_rows: int = 100_000
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("msewatch.server")
 
 RETRY_AFTER_SECONDS = 1
+_SCRAPE_SETTLE = 5.0  # a scrape waits at most this long for the last commits to reach the counters
 _ROUTES = ("/v1/predictions", "/v1/labels", "/v1/shadow", "/v1/metrics", "/v1/alerts", "/v1/slo", "/v1/silences", "/v1/canary",
            "/v1/flagger", "/metrics",
            "/healthz", "/readyz", "/openapi.json", *PAGE_ROUTES)
@@ -92,7 +93,13 @@ class _State:
         self.watch = MonitorLoop(self.store, self.config)
         self.registry.register(self.watch)
         self.committer = Committer(self.store, self.config, self.collector, sink)
+        self.watch.settle = self.committer.settle
         self.watch.start()
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Before reading rollups or counters: wait until every answered request is folded in."""
+        if self.committer is not None and not self.committer.settle(timeout):
+            log.warning("reading before the rollups caught up with the commits (%.0f s)", timeout)
 
     def close(self) -> None:
         if self.watch is not None:
@@ -335,6 +342,7 @@ def create_app(db: str, config: Config) -> Starlette:
         denied = authorize(request, "read")
         if denied:
             return denied
+        await run_in_threadpool(state.settle, _SCRAPE_SETTLE)  # the counters move at the rollup step
         return Response(generate_latest(state.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
@@ -508,6 +516,7 @@ def _canary(state: _State, q: dict[str, str]) -> dict[str, Any]:
 
     config = state.config.monitor.canary
     assert state.reads is not None
+    state.settle()
     reader = state.reads.reader()
     try:
         report = judge_canary(

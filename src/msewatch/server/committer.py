@@ -6,6 +6,13 @@ and answers each with its own outcome; so under load a commit carries many reque
 per-commit cost (WAL flush, rollup refresh) is shared. A request is answered only after its
 transaction committed. When the queue is full, `submit` raises `Overloaded` (HTTP 429).
 
+A commit holds the rows only. The rollups, `waiting_labels` and the /metrics counters follow in
+a separate step (`Store.apply_pending`) that the same thread runs for many commits at once:
+once `rollup_delay_ms` passed since the oldest commit it has not folded in, once `rollup_rows`
+rows wait, when no request came for a moment, and at once when a reader asks (`settle`), so the
+dashboard, the monitor and a /metrics scrape see every answered request. Committed rows are
+durable either way: after a crash the first step folds in what the last one had not.
+
 If a group fails as a whole, each of its requests is retried alone, so one request that trips
 the engine cannot fail the others. `close()` stops taking requests, commits what is queued,
 then closes the store (SIGTERM drains this way). With a lake sink, each commit is counted to
@@ -38,6 +45,8 @@ _CONTRACT_NAMES = frozenset(ColumnMap().source_names().values())
 _CONTRACT = {n.casefold() for n in _CONTRACT_NAMES} | {"source", "ingested_at"}
 _LABEL_FIELDS = {"prediction_id", "y_true", "label_ts"}
 _SHADOW_FIELDS = {"prediction_id", "ts", "model", "version", "y_pred"}
+_IDLE_STEP = 0.05  # no request for this long: fold the committed rows in now
+_STEP_RETRY = 5.0
 
 
 class Overloaded(Exception):
@@ -65,6 +74,13 @@ class Committer:
         self.max_pending = config.server.max_pending_rows
         self.max_group = config.server.max_group_rows
         self.delay = config.server.commit_delay_ms / 1000
+        self.rollup_delay = config.server.rollup_delay_ms / 1000
+        self.rollup_rows = config.server.rollup_rows
+        self._unapplied_rows = 0  # committed rows not yet folded into the rollups
+        self._unapplied_since: float | None = None  # when the oldest of them was committed
+        self._applied_commits = 0  # commits folded in (a commit's number is its count in `commits`)
+        self._settle_wanted = False
+        self._step_not_before = 0.0  # after a failed step: no retry before this
         self._committing = 0  # rows of the group being committed (still in _pending_rows)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._pending_rows = 0
@@ -72,6 +88,8 @@ class Committer:
         self._closing = False
         self._known = dict(store.extra_columns())
         self.commits = 0
+        self.steps = 0
+        self._unapplied_since = time.monotonic()  # rows a crash left unfolded: the first step takes them
         self._thread = threading.Thread(target=self._run, name="msewatch-commit", daemon=True)
         self._thread.start()
 
@@ -97,6 +115,23 @@ class Committer:
             self._cond.notify()
         return item.future
 
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until every commit answered so far is in the rollups and counters; False on timeout.
+
+        For readers of the rollups (dashboard, monitor, /metrics): an answered request shows.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self.commits
+            while self._applied_commits < target and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._settle_wanted = True
+                self._cond.notify_all()
+                self._cond.wait(remaining)
+            return self._applied_commits >= target
+
     def fields_to_drop(self, kind: Kind, names: list[str]) -> list[str]:
         """Fields HTTP may not store: unknown label fields, clashing names, columns past the cap."""
         if kind == "labels":
@@ -120,10 +155,10 @@ class Committer:
         return drop
 
     def close(self) -> None:
-        """Commit what is queued, then close the store (never under a running commit)."""
+        """Commit what is queued, fold it into the rollups, then close the store."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join()  # a group is bounded by max_group_rows, so this ends
         if self.sink is not None:
             self.sink.close()
@@ -133,24 +168,78 @@ class Committer:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing:
-                    self._cond.wait()
+                while not self._queue and not self._closing and not self._step_due():
+                    wait = self._step_wait()
+                    if not self._cond.wait(wait) and not self._queue and self._unapplied_since is not None:
+                        break  # idle for a while with rows unfolded: a step now costs nobody
                 if not self._queue and self._closing:
-                    return
-                # commit delay: clients answered by the last commit are sending their next
-                # request; waiting a few ms lets them share this commit (PostgreSQL's commit_delay)
-                deadline = time.monotonic() + self.delay
-                while not self._closing and self._pending_rows - self._committing < self.max_group:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                group = self._take()
-                self._committing = sum(p.batch.num_rows for p in group)
+                    break
+                if not self._queue or self._step_due():
+                    group = None
+                else:
+                    # commit delay: clients answered by the last commit are sending their next
+                    # request; waiting a few ms lets them share this commit (PostgreSQL's commit_delay)
+                    deadline = time.monotonic() + self.delay
+                    while not self._closing and self._pending_rows - self._committing < self.max_group:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._cond.wait(remaining)
+                    group = self._take()
+                    self._committing = sum(p.batch.num_rows for p in group)
+            if group is None:
+                self._step()
+                continue
             self._commit(group)
             with self._cond:
                 self._pending_rows -= self._committing
                 self._committing = 0
+        self._step()  # the drain: what was committed reaches the rollups before the store closes
+        with self._cond:
+            self._cond.notify_all()
+
+    def _step_due(self) -> bool:
+        """Whether the rollup step should run now (under the lock)."""
+        if self._unapplied_since is None or time.monotonic() < self._step_not_before:
+            return False
+        return (self._settle_wanted or self._unapplied_rows >= self.rollup_rows
+                or time.monotonic() - self._unapplied_since >= self.rollup_delay)
+
+    def _step_wait(self) -> float | None:
+        """How long the idle thread may sleep before a step is due (under the lock)."""
+        if self._unapplied_since is None:
+            return None
+        now = time.monotonic()
+        due = max(self._step_not_before, min(self._unapplied_since + self.rollup_delay, now + _IDLE_STEP))
+        return max(0.0, due - now)
+
+    def _step(self) -> None:
+        """Fold the committed rows into the rollups and the /metrics counters."""
+        with self._cond:
+            target = self.commits
+        try:
+            applied = self.store.apply_pending(pair_columns=self.config.metrics.segments)
+        except Exception:
+            log.exception("folding committed rows into the rollups failed; retrying in %.0f s", _STEP_RETRY)
+            with self._cond:
+                self._step_not_before = time.monotonic() + _STEP_RETRY
+                self._settle_wanted = False
+                self._cond.notify_all()
+            return
+        self.steps += 1
+        try:
+            if applied.inserted is not None:  # first: segment values are capped first come
+                self.collector.observe_predictions(applied.inserted)
+            if applied.pairs is not None:
+                self.collector.observe_pairs(applied.pairs)
+        except Exception:
+            log.exception("updating /metrics failed")
+        with self._cond:
+            self._applied_commits = target
+            if self.commits == target:
+                self._unapplied_rows, self._unapplied_since = 0, None
+            self._settle_wanted = False
+            self._cond.notify_all()
 
     def _take(self) -> list[_Pending]:
         kind = self._queue[0].kind
@@ -186,18 +275,23 @@ class Committer:
     def _commit_group(self, group: list[_Pending]) -> None:
         kind = group[0].kind
         outcome = self.store.ingest_group(
-            kind, [(p.batch, p.count) for p in group], pair_columns=self.config.metrics.segments
+            kind, [(p.batch, p.count) for p in group], pair_columns=self.config.metrics.segments,
+            defer_rollups=True,
         )
-        self.commits += 1
+        with self._cond:
+            self.commits += 1
+            accepted = sum(r.accepted for r in outcome.results) if kind != "shadow" else 0
+            if accepted:
+                self._unapplied_rows += accepted
+                if self._unapplied_since is None:
+                    self._unapplied_since = time.monotonic()
+            elif self._unapplied_since is None:  # nothing for the rollups, and nothing before it
+                self._applied_commits = self.commits
         if self.sink is not None:
             self.sink.notify(sum(r.accepted for r in outcome.results))
         if kind == "predictions":
             self._known = dict(self.store.extra_columns())
         try:
-            if outcome.pairs is not None:
-                self.collector.observe_pairs(outcome.pairs)
-            if outcome.inserted is not None:
-                self.collector.observe_predictions(outcome.inserted)
             if outcome.shadow is not None:  # never into the predictions or quality series
                 self.collector.observe_shadow(outcome.shadow)
             for result in outcome.results:

@@ -61,6 +61,7 @@ def dashboard_routes(state: Any, authorize: Callable[[Request, str], Response | 
             return [a.to_dict() for a in watch.monitor.book.alerts.values() if a.state in ("pending", "firing")]
 
     def compute(view: str, filters: Filters) -> dict[str, Any]:
+        state.settle()  # the views read the rollups: show every answered request
         reader = state.reads.reader()
         try:
             slos = store_slos(reader.con, state.config) if view != "debug" else []

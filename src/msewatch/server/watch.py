@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily
@@ -41,6 +41,8 @@ class MonitorLoop:
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.failures = 0
+        #: waits until answered requests are in the rollups (the server's committer sets it)
+        self.settle: Callable[[], object] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -53,6 +55,8 @@ class MonitorLoop:
             self._thread.start()
 
     def run_once(self, at: dt.datetime | None = None) -> EvaluationReport:
+        if self.settle is not None:
+            self.settle()
         with self.lock:
             report = self.monitor.evaluate(at)
             self.latest = report

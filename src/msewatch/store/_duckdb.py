@@ -6,8 +6,9 @@ outcome inside a single transaction, so either every accepted row of the file is
 none is. Prediction ids are immutable (same content again is a duplicate, different content a
 conflict); a different label for an id is a new revision. The label that counts is the one
 with the latest `label_ts` (unknown counts as oldest), then the latest arrival: the rule that
-`eval --labels FILE` applies, so the store and files agree. Per-minute rollups are refreshed in
-the same transaction.
+`eval --labels FILE` applies, so the store and files agree. The rollups follow the committed rows
+through `_pending`: in the same transaction for a file, or a step later for the server's
+group commits (`defer_rollups`), which then runs `apply_pending` for many commits at once.
 
 Shadow predictions (kind "shadow": a candidate version scoring the same requests as production,
 for the canary judge's shadow mode) are validated like predictions and kept apart in
@@ -35,6 +36,7 @@ import pyarrow.compute
 from msewatch.errors import InputError, StoreError, StoreLockedError
 from msewatch.io import BatchReader, ParseReject, concat_batches
 from msewatch.schema import ColumnMap, Kind, check_required, normalize, required_columns
+from msewatch.store import _pending
 from msewatch.store import _rollups as rollups
 
 __all__ = ["GroupIngest", "IngestResult", "Reject", "Store", "default_db_path"]
@@ -214,7 +216,12 @@ class Store:
         no_segments = existed and not self.con.execute(
             "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'segment_rollups' AND schema_name = 'main'"
         ).fetchall()[0][0]
+        no_state = not self.con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'rollup_state' AND schema_name = 'main'"
+        ).fetchall()[0][0]
         self.con.execute(rollups.ROLLUP_DDL)
+        if no_state:  # a new store, or one whose every row an older msewatch folded in at ingest
+            rollups.set_watermark(self.con)
         if missing or no_segments:
             self.con.execute("BEGIN")
             for sql in missing:
@@ -235,6 +242,21 @@ class Store:
             self.con.execute("ROLLBACK")
             raise
         return new
+
+    def apply_pending(self, pair_columns: Sequence[str] | None = None) -> _pending.Applied:
+        """Fold the committed rows the rollups do not hold yet into them, in one transaction."""
+        self.con.execute("BEGIN")
+        try:
+            applied = self._apply(pair_columns)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return applied
+
+    def _apply(self, pair_columns: Sequence[str] | None) -> _pending.Applied:
+        segments = [n for n, k in self.extra_columns().items() if k == "segment"]
+        return _pending.apply(self.con, segments, pair_columns)
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
@@ -355,13 +377,15 @@ class Store:
         *,
         source: str = "http",
         pair_columns: Sequence[str] | None = None,
+        defer_rollups: bool = False,
     ) -> GroupIngest:
         """Commit several requests in one transaction (group commit) and split the outcome.
 
         Each request is a batch whose `_row` holds 0-based record indexes, with its record
         count. A prediction id sent with different content by an earlier request of the same
         group is reported to the later one as already stored, as it would be one commit later.
-        With `pair_columns`, also return the newly labeled pairs (see `GroupIngest`).
+        With `pair_columns`, also return the newly labeled pairs (see `GroupIngest`). With
+        `defer_rollups` the commit holds the rows only; `apply_pending` folds them in later.
         """
         starts: list[int] = []
         batches: list[pa.RecordBatch] = []
@@ -377,7 +401,8 @@ class Store:
         self._pair_columns = pair_columns
         self._pairs = self._inserted = self._shadow_inserted = None
         try:
-            self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts)
+            self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts,
+                         defer_rollups=defer_rollups)
         finally:
             self._pair_columns = None
         results = [IngestResult() for _ in requests]
@@ -404,6 +429,7 @@ class Store:
         parse_rejects: Sequence[ParseReject] = (),
         result: IngestResult | None = None,
         starts: Sequence[int] = (),
+        defer_rollups: bool = False,
     ) -> IngestResult:
         if kind not in ("predictions", "labels", "shadow"):
             raise ValueError(f"kind must be 'predictions', 'labels' or 'shadow'; got {kind!r}")
@@ -425,6 +451,9 @@ class Store:
                     self._merge_shadow(stage, result)
                 else:
                     self._merge_labels(stage, result)
+            if kind != "shadow" and not defer_rollups:
+                applied = self._apply(self._pair_columns)
+                self._pairs, self._inserted = applied.pairs, applied.inserted
             result.ignored_columns.extend(c for c in stage.ignored if c not in result.ignored_columns)
             result.rejects.sort(key=lambda r: r.row)
             con.execute(
@@ -524,23 +553,7 @@ class Store:
             content=[*_CORE_PREDICTION_COLUMNS[1:], *stage.extras],
             columns=[*_CORE_PREDICTION_COLUMNS, *stage.extras], name=lambda pid: f"prediction_id {pid!r}",
         )
-        # the new predictions whose label came first: usually none, as `waiting_labels` tells
-        available = {*_CORE_PREDICTION_COLUMNS, *stage.extras}
-        labeled = 0
-        if con.execute("SELECT count(*) FROM _insert SEMI JOIN waiting_labels USING (prediction_id)").fetchall()[0][0]:
-            labeled = self._keep_firsts(
-                """(SELECT * FROM _insert SEMI JOIN waiting_labels USING (prediction_id)) i
-                JOIN labels l ON l.prediction_id = i.prediction_id AND l.is_current""", available
-            )
-            con.execute("DELETE FROM waiting_labels WHERE prediction_id IN (SELECT prediction_id FROM _insert)")
-        if self._pair_columns is not None:
-            keys = _columns_or_null(["model", "version", *self._segments()], available)
-            self._inserted = con.sql(f"SELECT {keys}, count(*) AS n FROM _insert GROUP BY ALL").to_arrow_table()
-        rollups.add_predictions(con, "_insert", "_firsts" if labeled else None)
-        con.execute(
-            "DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats; "
-            "DROP TABLE IF EXISTS _firsts"
-        )
+        con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
 
     def _merge_shadow(self, stage: _Stage, result: IngestResult) -> None:
         """Shadow predictions into `shadow_predictions`: no extras, no rollups, no pairs.
@@ -618,37 +631,14 @@ class Store:
             FROM _best b WHERE labels.prediction_id = b.prediction_id"""
         )
         result.accepted += int(inserted[0][0]) if inserted else 0
-        # revision 1: the id had no label before this commit, so its pair is new (merged into
-        # the rollups); an id labeled before has a correction (its minutes are recomputed)
-        if self._keep_firsts(
-            """(SELECT DISTINCT prediction_id FROM _new WHERE revision = 1) n
-            JOIN predictions i ON i.prediction_id = n.prediction_id
-            JOIN labels l ON l.prediction_id = n.prediction_id AND l.is_current"""
-        ):
-            rollups.add_first_labels(con, "_firsts")
-        con.execute(
-            """INSERT INTO waiting_labels SELECT DISTINCT n.prediction_id FROM _new n
-            WHERE NOT EXISTS (SELECT 1 FROM predictions p WHERE p.prediction_id = n.prediction_id)
-              AND NOT EXISTS (SELECT 1 FROM waiting_labels w WHERE w.prediction_id = n.prediction_id)"""
-        )
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _corrected AS SELECT prediction_id FROM _new
-            GROUP BY prediction_id HAVING min(revision) > 1"""
-        )
-        if con.execute("SELECT count(*) FROM _corrected").fetchall()[0][0]:
-            rollups.refresh(con, rollups.touched_by_labels("_corrected"))
-        con.execute(
-            "DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best; "
-            "DROP TABLE IF EXISTS _firsts; DROP TABLE IF EXISTS _corrected"
-        )
+        con.execute("DROP TABLE IF EXISTS _ranked; DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _best")
 
     def _merge_fresh_labels(self, stage: _Stage, result: IngestResult) -> None:
         """Labels for ids without a stored label (the usual commit): every step reads the input only.
 
         The same rules as `_merge_labels`, in fewer statements: an identical copy (id, value and
         label time) is a duplicate; revisions number the rest by label time (unknown first), then
-        row, so the highest revision of an id is its current label; and each id's current label is
-        its first, merged into the rollups with its prediction.
+        row, so the highest revision of an id is its current label.
         """
         con = self.con
         added = con.execute(
@@ -670,17 +660,7 @@ class Store:
             [stage.source, stamp],
         ).fetchall()
         result.accepted += int(inserted[0][0]) if inserted else 0
-        current = (f"(SELECT prediction_id, y_true, label_ts, TIMESTAMPTZ '{stamp.isoformat()}' AS ingested_at "
-                   "FROM _new WHERE is_current) l JOIN predictions i ON i.prediction_id = l.prediction_id")
-        paired = self._keep_firsts(current)
-        if paired:
-            rollups.add_first_labels(con, "_firsts")
-        if paired < added:  # ids whose prediction has not arrived (or several revisions of one id)
-            con.execute(
-                """INSERT INTO waiting_labels SELECT prediction_id FROM _new
-                WHERE is_current AND prediction_id NOT IN (SELECT prediction_id FROM _firsts)"""
-            )
-        con.execute("DROP TABLE IF EXISTS _new; DROP TABLE IF EXISTS _firsts")
+        con.execute("DROP TABLE IF EXISTS _new")
 
     def _stamp(self) -> dt.datetime:
         """`ingested_at` of this commit: later than any before it, so it tells its rows apart.
@@ -711,33 +691,6 @@ class Store:
     def _same_request(self, row: int, other: int) -> bool:
         starts = self._starts
         return not starts or bisect.bisect_right(starts, row) == bisect.bisect_right(starts, other)
-
-    def _segments(self) -> list[str]:
-        """The asked pair columns that the predictions table has."""
-        stored = self._stored_columns()
-        return [c for c in self._pair_columns or () if c in stored]
-
-    def _keep_firsts(self, joined: str, available: set[str] | None = None) -> int:
-        """`_firsts`: the predictions this commit gave their first label, and how many.
-
-        `joined` pairs predictions `i` with their current label `l`. The table holds model,
-        version, ts, y_pred, the pair columns (null where `i` lacks one: `available` lists the
-        columns `i` has, when it is not the whole predictions table), prediction_id, y_true and label_ts; the
-        rollups merge it, and with pair columns asked it becomes `GroupIngest.pairs`.
-        """
-        segments = [n for n, k in self.extra_columns().items() if k == "segment"]  # for the segment rollups
-        cols = _columns_or_null(["model", "version", "ts", "y_pred", *dict.fromkeys([*self._segments(), *segments])],
-                                available, "i")
-        count = self.con.execute(  # CREATE TABLE AS answers with its row count
-            f"CREATE OR REPLACE TEMP TABLE _firsts AS SELECT {cols}, l.prediction_id, l.y_true, l.label_ts, "
-            f"l.ingested_at AS label_ingested_at FROM {joined}"
-        ).fetchall()[0][0]
-        if count and self._pair_columns is not None:
-            keys = ", ".join(_q(c) for c in ["model", "version", *self._segments(), "y_pred", "y_true"])
-            self._pairs = self.con.sql(
-                f"SELECT {keys}, epoch(label_ts) - epoch(ts) AS label_latency_s FROM _firsts"
-            ).to_arrow_table()
-        return int(count)
 
 
 class _Stage:
@@ -897,15 +850,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _columns_or_null(names: Sequence[str], available: set[str] | None, alias: str = "") -> str:
-    """A select list of `names`, each from `alias`, or a null text column where it is absent."""
-    prefix = f"{alias}." if alias else ""
-    return ", ".join(
-        f"{prefix}{_q(c)}" if available is None or c in available else f"NULL::VARCHAR AS {_q(c)}"
-        for c in names
-    )
 
 
 def _q(name: str) -> str:

@@ -6,30 +6,34 @@ and centred sum of squares of r and of y. Long windows (a 28-day SLO) read these
 rescanning raw predictions, and combine them with the parallel-variance formula, so bias,
 error variance and R² keep their digits at any offset.
 
-The ingest transaction keeps them in step with what it adds. New unlabeled predictions only
-raise a minute's count (`add_predictions`); predictions that get their first label are merged
-in with the parallel formula (`add_first_labels`); anything else (a corrected label, a
-prediction whose label came first) makes `refresh` recompute the touched minutes from the raw
-tables, so a correction replaces its old contribution exactly instead of being subtracted.
+`_pending` keeps them in step with the committed rows, up to the watermark in `rollup_state`.
+New predictions only raise a minute's count (`add_predictions`); predictions that get their
+first label are merged in with the parallel formula (`add_first_labels`); a corrected label
+makes `refresh` recompute the touched minutes from the raw tables, so a correction replaces its
+old contribution exactly instead of being subtracted.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from msewatch.metrics import EPSILON, ErrorStats
 from msewatch.store import _segment_rollups as segments
 
 __all__ = [
+    "BUCKET",
     "ROLLUP_DDL",
     "ROLLUP_MIGRATIONS",
     "ROLLUP_SECONDS",
     "add_first_labels",
     "add_predictions",
+    "pending_since",
     "rebuild",
     "refresh",
-    "touched_by_labels",
+    "set_watermark",
     "track_thresholds",
+    "watermark",
     "window_stats",
 ]
 
@@ -66,6 +70,8 @@ CREATE TABLE IF NOT EXISTS rollup_good (
     n_good BIGINT NOT NULL,
     PRIMARY KEY (model, version, bucket_start, threshold)
 );
+-- every prediction and label with ingested_at <= applied_through is in the rollups (`_pending`)
+CREATE TABLE IF NOT EXISTS rollup_state (applied_through TIMESTAMPTZ NOT NULL);
 """ + segments.SEGMENT_DDL
 
 # stores written before these columns existed get them, then `rebuild` fills them in
@@ -76,7 +82,36 @@ ROLLUP_MIGRATIONS = (
 
 _LABEL_TIME = "coalesce(l.label_ts, l.ingested_at)"
 
-_BUCKET = f"to_timestamp(floor(epoch(p.ts) / {ROLLUP_SECONDS}) * {ROLLUP_SECONDS})"
+BUCKET = f"to_timestamp(floor(epoch(p.ts) / {ROLLUP_SECONDS}) * {ROLLUP_SECONDS})"
+
+
+_OLDEST = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def watermark(con: Any) -> dt.datetime:
+    """The `ingested_at` up to which every row is in the rollups."""
+    row = con.execute("SELECT max(applied_through) FROM rollup_state").fetchall()
+    return row[0][0] if row and row[0][0] is not None else _OLDEST
+
+
+def set_watermark(con: Any, at: dt.datetime | None = None) -> None:
+    """Move the watermark to `at`, or to the newest stored row (after a rebuild from the raw tables)."""
+    if at is None:
+        at = con.execute(
+            "SELECT max(t) FROM (SELECT max(ingested_at) AS t FROM predictions UNION ALL "
+            "SELECT max(ingested_at) FROM labels)"
+        ).fetchall()[0][0] or _OLDEST
+    con.execute("DELETE FROM rollup_state")
+    con.execute("INSERT INTO rollup_state VALUES (?)", [at])
+
+
+def pending_since(con: Any, since: dt.datetime) -> dt.datetime | None:
+    """The newest `ingested_at` of predictions and labels past `since`, or None: nothing pending."""
+    return con.execute(
+        "SELECT max(t) FROM (SELECT max(ingested_at) AS t FROM predictions WHERE ingested_at > $w UNION ALL "
+        "SELECT max(ingested_at) FROM labels WHERE ingested_at > $w)",
+        {"w": since},
+    ).fetchall()[0][0]
 
 
 def refresh(con: Any, touched_sql: str) -> None:
@@ -95,11 +130,11 @@ def refresh(con: Any, touched_sql: str) -> None:
     con.execute(
         f"""INSERT INTO rollups
         WITH joined AS (
-            SELECT p.model, p.version, {_BUCKET} AS bucket_start,
+            SELECT p.model, p.version, {BUCKET} AS bucket_start,
                    l.y_true, p.y_pred - l.y_true AS r, {_LABEL_TIME} AS label_time
             FROM predictions p
             JOIN _touched t ON p.model = t.model AND p.version = t.version
-                AND {_BUCKET} = t.bucket_start
+                AND {BUCKET} = t.bucket_start
             LEFT JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
             WHERE p.ts >= $lo AND p.ts < $hi + INTERVAL {ROLLUP_SECONDS} SECOND
         )
@@ -121,10 +156,10 @@ def refresh(con: Any, touched_sql: str) -> None:
         )
         con.execute(
             f"""INSERT INTO rollup_good
-            SELECT p.model, p.version, {_BUCKET} AS bucket_start, s.threshold,
+            SELECT p.model, p.version, {BUCKET} AS bucket_start, s.threshold,
                    count(*) FILTER (WHERE (p.y_pred - l.y_true) * (p.y_pred - l.y_true) <= s.threshold)
             FROM predictions p
-            JOIN _touched t ON p.model = t.model AND p.version = t.version AND {_BUCKET} = t.bucket_start
+            JOIN _touched t ON p.model = t.model AND p.version = t.version AND {BUCKET} = t.bucket_start
             JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
             JOIN slo_thresholds s ON s.model = p.model
             WHERE p.ts >= $lo AND p.ts < $hi + INTERVAL {ROLLUP_SECONDS} SECOND
@@ -139,20 +174,18 @@ def _has_thresholds(con: Any) -> bool:
     return bool(con.execute("SELECT count(*) FROM slo_thresholds").fetchall()[0][0])
 
 
-def rebuild(con: Any, model: str | None = None) -> None:
-    """Recompute every rollup row (of `model`) from the raw tables."""
-    where = "WHERE p.model = $model" if model is not None else ""
-    touched = f"SELECT DISTINCT p.model, p.version, {_BUCKET} AS bucket_start FROM predictions p {where}"
-    if model is not None:
-        touched = touched.replace("$model", "'" + model.replace("'", "''") + "'")
-    refresh(con, touched)
+def rebuild(con: Any) -> None:
+    """Recompute every rollup row from the raw tables; every stored row is then folded in."""
+    refresh(con, f"SELECT DISTINCT p.model, p.version, {BUCKET} AS bucket_start FROM predictions p")
+    set_watermark(con)
 
 
 def track_thresholds(con: Any, model: str, thresholds: list[float]) -> list[float]:
     """Count good events (squared error ≤ τ) per minute for each τ of `model` from now on.
 
-    A threshold seen for the first time is backfilled from the raw tables once; after that the
-    ingest transactions keep its counts in step. Returns the thresholds that were new.
+    A threshold seen for the first time is backfilled from the raw tables once, from the pairs
+    already folded into the rollups (the next step of `_pending` adds the others, as it does for
+    every threshold); after that the ingest keeps its counts in step. Returns the new thresholds.
     """
     known = {t for (t,) in con.execute("SELECT threshold FROM slo_thresholds WHERE model = $m", {"m": model}).fetchall()}
     new = sorted({float(t) for t in thresholds} - known)
@@ -161,38 +194,35 @@ def track_thresholds(con: Any, model: str, thresholds: list[float]) -> list[floa
     con.execute("INSERT INTO slo_thresholds SELECT $m, unnest($t::DOUBLE[])", {"m": model, "t": new})
     con.execute(
         f"""INSERT INTO rollup_good
-        SELECT p.model, p.version, {_BUCKET} AS bucket_start, s.threshold,
+        SELECT p.model, p.version, {BUCKET} AS bucket_start, s.threshold,
                count(*) FILTER (WHERE (p.y_pred - l.y_true) * (p.y_pred - l.y_true) <= s.threshold)
         FROM predictions p
         JOIN labels l ON l.prediction_id = p.prediction_id AND l.is_current
         JOIN (SELECT unnest($t::DOUBLE[]) AS threshold) s ON true
-        WHERE p.model = $m
+        WHERE p.model = $m AND p.ingested_at <= $w AND l.ingested_at <= $w
         GROUP BY ALL""",
-        {"m": model, "t": new},
+        {"m": model, "t": new, "w": watermark(con)},
     )
     return new
 
 
-def add_predictions(con: Any, inserted: str, labeled: str | None) -> None:
-    """Count new predictions into their minutes; recompute only minutes where one is labeled.
+def add_predictions(con: Any, inserted: str) -> None:
+    """Count new predictions into their minutes and hours.
 
-    An unlabeled prediction changes a minute's `n_predictions` and nothing else, so counting
-    it in is exact; a prediction whose label arrived first changes the error sums, and its
-    minute is recomputed from the raw tables like any other.
+    An unlabeled prediction changes a minute's `n_predictions` and nothing else, so counting it
+    in is exact; the pairs of new predictions that have a label are merged by `add_first_labels`.
     """
     # one MERGE, not a temp table, an UPDATE and an INSERT: statements are the fixed cost of
     # every group commit
     con.execute(
         f"""MERGE INTO rollups r
-        USING (SELECT p.model, p.version, {_BUCKET} AS bucket_start, count(*) AS n FROM {inserted} p GROUP BY ALL) a
+        USING (SELECT p.model, p.version, {BUCKET} AS bucket_start, count(*) AS n FROM {inserted} p GROUP BY ALL) a
         ON r.model = a.model AND r.version = a.version AND r.bucket_start = a.bucket_start
         WHEN MATCHED THEN UPDATE SET n_predictions = r.n_predictions + a.n
         WHEN NOT MATCHED THEN INSERT (model, version, bucket_start, n_predictions, n_labeled)
             VALUES (a.model, a.version, a.bucket_start, a.n, 0)"""
     )
     segments.add(con, inserted, labeled=False)
-    if labeled is not None:  # those of `inserted` that have a label: model, version, ts
-        refresh(con, f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {labeled} p")
 
 
 def add_first_labels(con: Any, firsts: str) -> None:
@@ -209,21 +239,21 @@ def add_first_labels(con: Any, firsts: str) -> None:
             sum(CASE WHEN abs(r) <= 1.0 THEN 0.5 * r * r ELSE abs(r) - 0.5 END) AS hub,
             avg(r) AS mr, var_pop(r) * count(*) AS m2r, avg(y) AS my, var_pop(y) * count(*) AS m2y,
             avg(r * r) AS msq, var_pop(r * r) * count(*) AS m2sq, max(lt) AS last_label_at
-        FROM (SELECT p.model, p.version, {_BUCKET} AS bucket_start, p.y_pred - p.y_true AS r,
+        FROM (SELECT p.model, p.version, {BUCKET} AS bucket_start, p.y_pred - p.y_true AS r,
                      p.y_true AS y, coalesce(p.label_ts, p.label_ingested_at) AS lt FROM {firsts} p)
         GROUP BY ALL"""
     )
     if _has_thresholds(con):
         con.execute(
             f"""INSERT INTO rollup_good
-            SELECT p.model, p.version, {_BUCKET} AS bucket_start, s.threshold,
+            SELECT p.model, p.version, {BUCKET} AS bucket_start, s.threshold,
                    count(*) FILTER (WHERE (p.y_pred - p.y_true) * (p.y_pred - p.y_true) <= s.threshold)
             FROM {firsts} p JOIN slo_thresholds s ON s.model = p.model
             GROUP BY ALL
             ON CONFLICT DO UPDATE SET n_good = rollup_good.n_good + EXCLUDED.n_good"""
         )
     if not segments.add(con, firsts, labeled=True):
-        segments.refresh(con, f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM {firsts} p")
+        segments.refresh(con, f"SELECT p.model, p.version, {BUCKET} AS bucket_start FROM {firsts} p")
     # right-hand sides read the values before the update
     con.execute(
         """UPDATE rollups SET
@@ -262,7 +292,7 @@ def add_first_labels(con: Any, firsts: str) -> None:
 def touched_by_labels(new_labels_table: str) -> str:
     """Keys of the minutes whose predictions just got a new current label."""
     return (
-        f"SELECT p.model, p.version, {_BUCKET} AS bucket_start FROM predictions p "
+        f"SELECT p.model, p.version, {BUCKET} AS bucket_start FROM predictions p "
         f"SEMI JOIN {new_labels_table} n ON n.prediction_id = p.prediction_id"
     )
 
