@@ -863,3 +863,34 @@ def test_ingest_log_records_every_file(db: Path, tmp_path: Path) -> None:
         ("predictions", str(path), 2, 0, 1),
         ("predictions", str(path), 0, 2, 1),
     ]
+
+
+def _group(store: Store, *requests: list[dict[str, Any]]) -> list[IngestResult]:
+    batches = []
+    for records in requests:
+        table = pa.Table.from_pylist(records)
+        table = table.append_column("_row", pa.array(range(len(records)), pa.int64()))
+        batches.append((table.combine_chunks().to_batches()[0], len(records)))
+    return store.ingest_group("predictions", batches, defer_rollups=True).results
+
+
+def test_a_group_commit_that_meets_a_stored_id_is_committed_again_with_the_check(tmp_path: Path) -> None:
+    """Group commits insert new ids without the conflict check; one stored id makes the group
+    commit again with it, and the next commits keep checking: the outcome is the same either way."""
+    pred = lambda pid, y=1.0: {"prediction_id": pid, "ts": 1_767_225_600.0, "model": "m", "version": "v", "y_pred": y}  # noqa: E731
+    with Store(tmp_path / "g.duckdb") as store:
+        first = _group(store, [pred("a"), pred("b")], [pred("c")])
+        assert [r.summary() for r in first] == [{"accepted": 2, "duplicates": 0, "rejected": 0},
+                                                {"accepted": 1, "duplicates": 0, "rejected": 0}]
+        assert store._cautious_commits == 0
+        # a re-sent id, a changed one and a new one, in two requests of one group
+        again = _group(store, [pred("a"), pred("d")], [pred("b", 2.0)])
+        assert [r.summary() for r in again] == [{"accepted": 1, "duplicates": 1, "rejected": 0},
+                                                {"accepted": 0, "duplicates": 0, "rejected": 1}]
+        assert "already stored with different content" in again[1].rejects[0].error
+        assert store._cautious_commits > 0
+        assert _group(store, [pred("e"), pred("c")])[0].summary() == {"accepted": 1, "duplicates": 1, "rejected": 0}
+        ids = store.con.execute("SELECT prediction_id, y_pred FROM predictions ORDER BY 1").fetchall()
+        assert ids == [("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0)]
+        logged = store.con.execute("SELECT sum(accepted), sum(duplicates), sum(rejected) FROM ingest_log").fetchall()
+        assert logged == [(5, 2, 1)]

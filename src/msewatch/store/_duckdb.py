@@ -45,6 +45,7 @@ _CORE_PREDICTION_COLUMNS = ("prediction_id", "ts", "model", "version", "y_pred")
 _SHADOW_KEY = ("prediction_id", "version")
 _SHADOW_CONTENT = ("ts", "model", "y_pred")
 _OLDEST = "TIMESTAMPTZ '0001-01-01 00:00:00+00'"
+_CAUTIOUS_COMMITS = 100  # after a group met a stored id: commits that check conflicts first
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS predictions (
@@ -255,8 +256,8 @@ class Store:
         return applied
 
     def _apply(self, pair_columns: Sequence[str] | None) -> _pending.Applied:
-        segments = [n for n, k in self.extra_columns().items() if k == "segment"]
-        return _pending.apply(self.con, segments, pair_columns)
+        # read, not cached: on the server another connection adds the columns
+        return _pending.apply(self.con, rollups.segments.segment_columns(self.con), pair_columns)
 
     def _attach(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
@@ -267,6 +268,7 @@ class Store:
         self._pairs: pa.Table | None = None
         self._inserted: pa.Table | None = None
         self._shadow_inserted: pa.Table | None = None
+        self._cautious_commits = 0  # group commits left that check conflicts (after a re-sent id)
         # compiled validation SQL by input shape: many small requests share a few shapes
         self._normalize_sql: dict[tuple[Any, ...], tuple[str, str]] = {}
 
@@ -395,14 +397,25 @@ class Store:
             rows = pa.compute.add(batch.column("_row").cast(pa.int64()), offset)
             batches.append(batch.set_column(batch.schema.get_field_index("_row"), "_row", rows))
             offset += count
-        total = IngestResult(duplicate_rows=[])
         if len(batches) > 1:  # validated in one statement: its planning is the fixed cost
             batches = concat_batches(batches).combine_chunks().to_batches()
         self._pair_columns = pair_columns
         self._pairs = self._inserted = self._shadow_inserted = None
+        # re-sent ids are rare: insert without the conflict check, and if one was stored before,
+        # roll back and commit the group again with it (for the next commits too, while re-sends last)
+        optimistic = self._cautious_commits == 0
+        self._cautious_commits = max(0, self._cautious_commits - 1)
         try:
-            self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts,
-                         defer_rollups=defer_rollups)
+            while True:
+                total = IngestResult(duplicate_rows=[])
+                try:
+                    self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts,
+                                 defer_rollups=defer_rollups, optimistic=optimistic)
+                    break
+                except duckdb.ConstraintException:
+                    if not optimistic:
+                        raise
+                    optimistic, self._cautious_commits = False, _CAUTIOUS_COMMITS
         finally:
             self._pair_columns = None
         results = [IngestResult() for _ in requests]
@@ -430,6 +443,7 @@ class Store:
         result: IngestResult | None = None,
         starts: Sequence[int] = (),
         defer_rollups: bool = False,
+        optimistic: bool = False,
     ) -> IngestResult:
         if kind not in ("predictions", "labels", "shadow"):
             raise ValueError(f"kind must be 'predictions', 'labels' or 'shadow'; got {kind!r}")
@@ -440,6 +454,7 @@ class Store:
         con.execute("BEGIN TRANSACTION")
         try:
             stage = _Stage(self, kind, columns, source, default_model, default_version)
+            stage.optimistic = optimistic
             for batch in batches:
                 stage.add(batch, result)
             stage.finish()
@@ -470,14 +485,14 @@ class Store:
         return result
 
     def _insert_new(self, stage: _Stage, result: IngestResult, *, table: str, key: Sequence[str],
-                    content: Sequence[str], columns: Sequence[str], name: Callable[..., str]) -> None:
-        """Insert the valid staged rows into `table` once per `key`; leave them in `_insert`.
+                    content: Sequence[str], columns: Sequence[str], name: Callable[..., str]) -> dt.datetime:
+        """Insert the valid staged rows into `table` once per `key`; return the commit's stamp.
 
         A key repeated inside the input, or already stored, with the same `content` is a
         duplicate and with other content a conflict (rejected: `name(*key values)` says which
         row). The table's unique index refuses stored keys, so the usual input (all new) costs
-        index probes, not a scan of every stored key. When keys repeat, `_ranked` and `_repeats` stay
-        for the caller to drop as well.
+        index probes, not a scan of every stored key. The inserted rows are those of `table`
+        whose `ingested_at` is the stamp.
         """
         con = self.con
         keys = ", ".join(_q(c) for c in key)
@@ -486,15 +501,13 @@ class Store:
             f"{a}.{_q(c)} IS NOT DISTINCT FROM {b}.{_q(c)}" for c in content
         )
         names = ", ".join(_q(c) for c in columns)
-        # keys repeated inside the input are rare: the valid rows go to `_insert` as they are, and
-        # one distinct count tells whether any key repeats (statements are the fixed cost of a commit)
-        candidates = con.execute(
-            f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _stage WHERE _ok"
-        ).fetchall()[0][0]
-        has_repeats = candidates and con.execute(
-            f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM _insert)"
-        ).fetchall()[0][0] < candidates
-        if has_repeats:
+        # keys repeated inside the input are rare: one count tells, and without repeats the valid
+        # staged rows are inserted as they are (statements are the fixed cost of a group commit)
+        candidates, distinct = con.execute(
+            f"SELECT count(*), count(DISTINCT ({keys})) FROM _stage WHERE _ok"
+        ).fetchall()[0]
+        source = "(SELECT * FROM _stage WHERE _ok)"
+        if distinct < candidates:
             con.execute(
                 f"""CREATE OR REPLACE TEMP TABLE _repeats AS SELECT {keys}, min(_row) AS _first
                 FROM _stage WHERE _ok GROUP BY {keys} HAVING count(*) > 1"""
@@ -522,10 +535,13 @@ class Store:
             candidates = con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _insert AS SELECT {names}, _row FROM _ranked WHERE _is_first"
             ).fetchall()[0][0]
+            source = "_insert"
         stamp = self._stamp()
+        # optimistic: a stored key fails the statement (and the caller retries without it)
+        conflicts = "" if stage.optimistic and source != "_insert" else "ON CONFLICT DO NOTHING"
         inserted = con.execute(
-            f"""INSERT INTO {table} ({names}, source, ingested_at) SELECT {names}, ?, ? FROM _insert
-            ON CONFLICT DO NOTHING""",
+            f"""INSERT INTO {table} ({names}, source, ingested_at) SELECT {names}, ?, ? FROM {source}
+            {conflicts}""",
             [stage.source, stamp],
         ).fetchall()
         accepted = int(inserted[0][0]) if inserted else 0
@@ -533,7 +549,7 @@ class Store:
         if accepted < candidates:  # some keys were stored before this commit: which, and how
             rows = con.execute(
                 f"""SELECT i._row, {same_as('i', 'p')}, {', '.join('i.' + _q(c) for c in key)}
-                FROM _insert i JOIN {table} p ON {on('p', 'i')}
+                FROM {source} i JOIN {table} p ON {on('p', 'i')}
                 WHERE p.ingested_at <> ?""",
                 [stamp],
             ).fetchall()
@@ -542,18 +558,16 @@ class Store:
                     result.add_duplicates([row])
                 else:
                     result.rejects.append(Reject(row, f"{name(*values)} is already stored with different content", {}))
-            con.execute(
-                "DELETE FROM _insert WHERE _row IN (SELECT unnest(?::BIGINT[]))", [[r[0] for r in rows]]
-            )
+        if source == "_insert":
+            con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
+        return stamp
 
     def _merge_predictions(self, stage: _Stage, result: IngestResult) -> None:
-        con = self.con
         self._insert_new(
             stage, result, table="predictions", key=("prediction_id",),
             content=[*_CORE_PREDICTION_COLUMNS[1:], *stage.extras],
             columns=[*_CORE_PREDICTION_COLUMNS, *stage.extras], name=lambda pid: f"prediction_id {pid!r}",
         )
-        con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
 
     def _merge_shadow(self, stage: _Stage, result: IngestResult) -> None:
         """Shadow predictions into `shadow_predictions`: no extras, no rollups, no pairs.
@@ -562,17 +576,16 @@ class Store:
         is a duplicate, with other content a conflict; a production prediction with the same
         id is another table and never compared.
         """
-        con = self.con
-        self._insert_new(
+        stamp = self._insert_new(
             stage, result, table="shadow_predictions", key=_SHADOW_KEY, content=_SHADOW_CONTENT,
             columns=_CORE_PREDICTION_COLUMNS,
             name=lambda pid, version: f"shadow prediction_id {pid!r} of version {version!r}",
         )
         if self._pair_columns is not None:  # for the server's shadow counter
-            self._shadow_inserted = con.sql(
-                "SELECT model, version, count(*) AS n FROM _insert GROUP BY ALL"
+            self._shadow_inserted = self.con.sql(
+                "SELECT model, version, count(*) AS n FROM shadow_predictions WHERE ingested_at = $t GROUP BY ALL",
+                params={"t": stamp},
             ).to_arrow_table()
-        con.execute("DROP VIEW IF EXISTS _ranked; DROP TABLE IF EXISTS _insert; DROP TABLE IF EXISTS _repeats")
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
@@ -711,6 +724,7 @@ class _Stage:
         self.extras: dict[str, str] = {}
         self.ignored: dict[str, None] = {}  # input columns a shadow row does not keep, in order
         self.rows = 0
+        self.optimistic = False  # insert new keys without ON CONFLICT (see Store.ingest_group)
         self.seen_required: set[str] = set()
         self.created = False
 
