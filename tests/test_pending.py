@@ -34,9 +34,9 @@ def _state(s: Store) -> dict[str, list]:
 
 
 def _same(a: dict[str, list], b: dict[str, list]) -> None:
-    for table in a:
-        assert len(a[table]) == len(b[table]), table
-        for ra, rb in zip(a[table], b[table]):
+    for table, rows in a.items():
+        assert len(rows) == len(b[table]), table
+        for ra, rb in zip(rows, b[table]):
             assert all(_close(x, y) for x, y in zip(ra, rb)), (table, ra, rb)
 
 

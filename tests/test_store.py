@@ -877,7 +877,7 @@ def _group(store: Store, *requests: list[dict[str, Any]]) -> list[IngestResult]:
 def test_a_group_commit_that_meets_a_stored_id_is_committed_again_with_the_check(tmp_path: Path) -> None:
     """Group commits insert new ids without the conflict check; one stored id makes the group
     commit again with it, and the next commits keep checking: the outcome is the same either way."""
-    pred = lambda pid, y=1.0: {"prediction_id": pid, "ts": 1_767_225_600.0, "model": "m", "version": "v", "y_pred": y}  # noqa: E731
+    pred = lambda pid, y=1.0: {"prediction_id": pid, "ts": 1_767_225_600.0, "model": "m", "version": "v", "y_pred": y}
     with Store(tmp_path / "g.duckdb") as store:
         first = _group(store, [pred("a"), pred("b")], [pred("c")])
         assert [r.summary() for r in first] == [{"accepted": 2, "duplicates": 0, "rejected": 0},

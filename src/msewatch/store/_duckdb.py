@@ -589,13 +589,21 @@ class Store:
 
     def _merge_labels(self, stage: _Stage, result: IngestResult) -> None:
         con = self.con
-        # usually no id of the input has a stored label yet: one scan of the labels tells, and
-        # then nothing needs to look at stored labels again
-        fresh = not con.execute(
-            """SELECT count(*) FROM labels
-            SEMI JOIN (SELECT DISTINCT prediction_id FROM _stage WHERE _ok) USING (prediction_id)"""
-        ).fetchall()[0][0]
-        if fresh:
+        # usually no id of the input has a stored label yet (one scan of the labels tells, and
+        # then nothing needs to look at stored labels again), and each id comes once
+        rows, ids, stored = con.execute(
+            """SELECT count(*), count(DISTINCT prediction_id), (SELECT count(*) FROM labels
+                SEMI JOIN (SELECT prediction_id FROM _stage WHERE _ok) USING (prediction_id))
+            FROM _stage WHERE _ok"""
+        ).fetchall()[0]
+        if not stored and ids == rows:  # every label is its id's first and current revision
+            inserted = con.execute(
+                "INSERT INTO labels SELECT prediction_id, y_true, label_ts, 1, true, ?, ? FROM _stage WHERE _ok",
+                [stage.source, self._stamp()],
+            ).fetchall()
+            result.accepted += int(inserted[0][0]) if inserted else 0
+            return
+        if not stored:
             self._merge_fresh_labels(stage, result)
             return
         stored = """EXISTS (SELECT 1 FROM labels l
