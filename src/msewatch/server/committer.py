@@ -7,11 +7,12 @@ per-commit cost (WAL flush, rollup refresh) is shared. A request is answered onl
 transaction committed. When the queue is full, `submit` raises `Overloaded` (HTTP 429).
 
 A commit holds the rows only. The rollups, `waiting_labels` and the /metrics counters follow in
-a separate step (`Store.apply_pending`) that the same thread runs for many commits at once:
-once `rollup_delay_ms` passed since the oldest commit it has not folded in, once `rollup_rows`
-rows wait, when no request came for a moment, and at once when a reader asks (`settle`), so the
-dashboard, the monitor and a /metrics scrape see every answered request. Committed rows are
-durable either way: after a crash the first step folds in what the last one had not.
+a step (`Store.apply_pending`) that a second thread runs on its own connection for many commits
+at once, beside the commits (DuckDB runs both transactions at the same time; they write
+different tables): once `rollup_delay_ms` passed since the oldest commit it has not folded in,
+once `rollup_rows` rows wait, and at once when a reader asks (`settle`), so the dashboard, the
+monitor and a /metrics scrape see every answered request. Committed rows are durable either
+way: after a crash the first step (at start) folds in what the last one had not.
 
 If a group fails as a whole, each of its requests is retried alone, so one request that trips
 the engine cannot fail the others. `close()` stops taking requests, commits what is queued,
@@ -45,7 +46,6 @@ _CONTRACT_NAMES = frozenset(ColumnMap().source_names().values())
 _CONTRACT = {n.casefold() for n in _CONTRACT_NAMES} | {"source", "ingested_at"}
 _LABEL_FIELDS = {"prediction_id", "y_true", "label_ts"}
 _SHADOW_FIELDS = {"prediction_id", "ts", "model", "version", "y_pred"}
-_IDLE_STEP = 0.05  # no request for this long: fold the committed rows in now
 _STEP_RETRY = 5.0
 
 
@@ -76,8 +76,9 @@ class Committer:
         self.delay = config.server.commit_delay_ms / 1000
         self.rollup_delay = config.server.rollup_delay_ms / 1000
         self.rollup_rows = config.server.rollup_rows
-        self._unapplied_rows = 0  # committed rows not yet folded into the rollups
-        self._unapplied_since: float | None = None  # when the oldest of them was committed
+        self._committed_rows = 0  # rows committed for the rollups (not shadow rows), ever
+        self._applied_rows = 0  # of which folded into the rollups
+        self._unapplied_since: float | None = time.monotonic()  # the oldest commit not folded in
         self._applied_commits = 0  # commits folded in (a commit's number is its count in `commits`)
         self._settle_wanted = False
         self._step_not_before = 0.0  # after a failed step: no retry before this
@@ -89,9 +90,12 @@ class Committer:
         self._known = dict(store.extra_columns())
         self.commits = 0
         self.steps = 0
-        self._unapplied_since = time.monotonic()  # rows a crash left unfolded: the first step takes them
+        self._rollup_store = store.reader()  # the step's own connection (and its own transaction)
+        self._commits_done = False
         self._thread = threading.Thread(target=self._run, name="msewatch-commit", daemon=True)
+        self._step_thread = threading.Thread(target=self._run_steps, name="msewatch-rollups", daemon=True)
         self._thread.start()
+        self._step_thread.start()
 
     @property
     def pending_rows(self) -> int:
@@ -112,7 +116,7 @@ class Committer:
             item = _Pending(kind, batch, count)
             self._queue.append(item)
             self._pending_rows += batch.num_rows
-            self._cond.notify()
+            self._cond.notify_all()  # the commit thread, the rollup thread and settle() share it
         return item.future
 
     def settle(self, timeout: float = 30.0) -> bool:
@@ -123,7 +127,7 @@ class Committer:
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self.commits
-            while self._applied_commits < target and self._thread.is_alive():
+            while self._applied_commits < target and self._step_thread.is_alive():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -160,6 +164,8 @@ class Committer:
             self._closing = True
             self._cond.notify_all()
         self._thread.join()  # a group is bounded by max_group_rows, so this ends
+        self._step_thread.join()  # after the last commit: its last step folds in everything
+        self._rollup_store.close()
         if self.sink is not None:
             self.sink.close()
         self.store.close()
@@ -168,57 +174,61 @@ class Committer:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing and not self._step_due():
-                    wait = self._step_wait()
-                    if not self._cond.wait(wait) and not self._queue and self._unapplied_since is not None:
-                        break  # idle for a while with rows unfolded: a step now costs nobody
+                while not self._queue and not self._closing:
+                    self._cond.wait()
                 if not self._queue and self._closing:
-                    break
-                if not self._queue or self._step_due():
-                    group = None
-                else:
-                    # commit delay: clients answered by the last commit are sending their next
-                    # request; waiting a few ms lets them share this commit (PostgreSQL's commit_delay)
-                    deadline = time.monotonic() + self.delay
-                    while not self._closing and self._pending_rows - self._committing < self.max_group:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            break
-                        self._cond.wait(remaining)
-                    group = self._take()
-                    self._committing = sum(p.batch.num_rows for p in group)
-            if group is None:
-                self._step()
-                continue
+                    self._commits_done = True
+                    self._cond.notify_all()
+                    return
+                # commit delay: clients answered by the last commit are sending their next
+                # request; waiting a few ms lets them share this commit (PostgreSQL's commit_delay)
+                deadline = time.monotonic() + self.delay
+                while not self._closing and self._pending_rows - self._committing < self.max_group:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                group = self._take()
+                self._committing = sum(p.batch.num_rows for p in group)
             self._commit(group)
             with self._cond:
                 self._pending_rows -= self._committing
                 self._committing = 0
-        self._step()  # the drain: what was committed reaches the rollups before the store closes
-        with self._cond:
-            self._cond.notify_all()
+
+    # -- the rollup thread --------------------------------------------------------------------------
+    def _run_steps(self) -> None:
+        while True:
+            with self._cond:
+                while not self._step_due() and not self._commits_done:
+                    self._cond.wait(self._step_wait())
+                last = self._commits_done
+            self._step()
+            if last:  # the drain: every commit is folded in before the store closes
+                return
 
     def _step_due(self) -> bool:
         """Whether the rollup step should run now (under the lock)."""
-        if self._unapplied_since is None or time.monotonic() < self._step_not_before:
+        if self._unapplied_since is None:
             return False
-        return (self._settle_wanted or self._unapplied_rows >= self.rollup_rows
-                or time.monotonic() - self._unapplied_since >= self.rollup_delay)
+        now = time.monotonic()
+        if now < self._step_not_before:
+            return False
+        return (self._settle_wanted or self._committed_rows - self._applied_rows >= self.rollup_rows
+                or now - self._unapplied_since >= self.rollup_delay)
 
     def _step_wait(self) -> float | None:
-        """How long the idle thread may sleep before a step is due (under the lock)."""
+        """How long the rollup thread may sleep before a step is due (under the lock)."""
         if self._unapplied_since is None:
             return None
-        now = time.monotonic()
-        due = max(self._step_not_before, min(self._unapplied_since + self.rollup_delay, now + _IDLE_STEP))
-        return max(0.0, due - now)
+        due = max(self._step_not_before, self._unapplied_since + self.rollup_delay)
+        return max(0.0, due - time.monotonic())
 
     def _step(self) -> None:
         """Fold the committed rows into the rollups and the /metrics counters."""
-        with self._cond:
-            target = self.commits
+        with self._cond:  # every commit counted here is committed, so the step's snapshot sees it
+            target, rows, started = self.commits, self._committed_rows, time.monotonic()
         try:
-            applied = self.store.apply_pending(pair_columns=self.config.metrics.segments)
+            applied = self._rollup_store.apply_pending(pair_columns=self.config.metrics.segments)
         except Exception:
             log.exception("folding committed rows into the rollups failed; retrying in %.0f s", _STEP_RETRY)
             with self._cond:
@@ -235,9 +245,9 @@ class Committer:
         except Exception:
             log.exception("updating /metrics failed")
         with self._cond:
-            self._applied_commits = target
-            if self.commits == target:
-                self._unapplied_rows, self._unapplied_since = 0, None
+            self._applied_commits, self._applied_rows = target, rows
+            # commits made during the step wait for the next one (they are no older than its start)
+            self._unapplied_since = None if self.commits == target else started
             self._settle_wanted = False
             self._cond.notify_all()
 
@@ -282,9 +292,13 @@ class Committer:
             self.commits += 1
             accepted = sum(r.accepted for r in outcome.results) if kind != "shadow" else 0
             if accepted:
-                self._unapplied_rows += accepted
+                self._committed_rows += accepted
+                wake = self._unapplied_since is None or self._settle_wanted or \
+                    self._committed_rows - self._applied_rows >= self.rollup_rows
                 if self._unapplied_since is None:
                     self._unapplied_since = time.monotonic()
+                if wake:  # the rollup thread sleeps until a step is due: this may change when
+                    self._cond.notify_all()
             elif self._unapplied_since is None:  # nothing for the rollups, and nothing before it
                 self._applied_commits = self.commits
         if self.sink is not None:
