@@ -506,3 +506,26 @@ def test_report_on_a_store_only_ingest_wrote(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     text = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "no recorded baseline; the median of the daily MSE" in text
+
+
+def test_report_says_when_a_crash_left_rows_out_of_the_rollups(tmp_path: Path) -> None:
+    """A server that died between a commit and its rollup step leaves rows the rollups do not
+    hold yet: a read-only report says how many, and the next write-open folds them in."""
+    import pyarrow as pa
+
+    from msewatch.store import Store
+
+    n = 120
+    batch = pa.table({"prediction_id": [f"p{i}" for i in range(n)], "ts": [1.7e9 + 60 * i for i in range(n)],
+                      "model": ["m"] * n, "version": ["v"] * n, "y_pred": [float(i % 7) for i in range(n)],
+                      "_row": pa.array(range(n), pa.int64())}).to_batches()[0]
+    with Store(tmp_path / "s.duckdb") as store:
+        store.ingest_group("predictions", [(batch, n)], defer_rollups=True)  # committed, not folded in
+    run = run_cli(["report", "--db", "s.duckdb", "--out", "r.html"], cwd=tmp_path)
+    assert "warning: 120 rows committed by a server that stopped abruptly are not in the rollups yet" in run.stderr
+    with Store(tmp_path / "s.duckdb") as store:
+        assert store.unfolded_rows() == 0
+        assert store.con.execute("SELECT sum(n_predictions) FROM rollups").fetchall()[0][0] == n
+    run = run_cli(["report", "--db", "s.duckdb", "--out", "r.html"], cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "warning" not in run.stderr

@@ -68,6 +68,11 @@ def report_command(db: str | None, model: str | None, model_version: str | None,
 
         source = db or default_db_path()
         store = Store(source, read_only=True)
+        unfolded = store.unfolded_rows()
+        if unfolded:
+            click.echo(f"msewatch: warning: {unfolded:,} rows committed by a server that stopped abruptly are not "
+                       "in the rollups yet, so the charts leave them out; the next `msewatch serve` or `msewatch "
+                       "ingest` on this store folds them in.", err=True)
     with store:
         con = store.con
         views = compute_all(con, filters, slos=store_slos(con, config), alerts=store_alerts(con) if alerts is None else alerts,

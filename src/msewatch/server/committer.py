@@ -12,7 +12,7 @@ at once, beside the commits (DuckDB runs both transactions at the same time; the
 different tables): once `rollup_delay_ms` passed since the oldest commit it has not folded in,
 once `rollup_rows` rows wait, and at once when a reader asks (`settle`), so the dashboard, the
 monitor and a /metrics scrape see every answered request. Committed rows are durable either
-way: after a crash the first step (at start) folds in what the last one had not.
+way: after a crash, opening the store folds in what the last step had not.
 
 If a group fails as a whole, each of its requests is retried alone, so one request that trips
 the engine cannot fail the others. `close()` stops taking requests, commits what is queued,

@@ -178,6 +178,8 @@ class Store:
                 self.con.execute(_DDL)
                 self._migrate_waiting_labels()
                 self._migrate_rollups()
+                if self.unfolded_rows():  # committed by a server that stopped before its rollup step
+                    self.apply_pending()
             except duckdb.Error as exc:  # e.g. a store written by hand with repeated ids
                 self.con.close()
                 raise StoreError(
@@ -243,6 +245,17 @@ class Store:
             self.con.execute("ROLLBACK")
             raise
         return new
+
+    def unfolded_rows(self) -> int:
+        """Committed predictions and labels not in the rollups yet (0 on a store without rollups)."""
+        try:
+            since = rollups.watermark(self.con)
+            return int(self.con.execute(
+                "SELECT (SELECT count(*) FROM predictions WHERE ingested_at > $w) "
+                "+ (SELECT count(*) FROM labels WHERE ingested_at > $w)", {"w": since}
+            ).fetchall()[0][0])
+        except duckdb.CatalogException:  # a read-only store from before the rollups
+            return 0
 
     def apply_pending(self, pair_columns: Sequence[str] | None = None) -> _pending.Applied:
         """Fold the committed rows the rollups do not hold yet into them, in one transaction."""
