@@ -4,6 +4,7 @@ the commits are grouped into steps, and across a crash between a commit and its 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,3 +163,42 @@ def test_rows_a_crash_left_unfolded_are_folded_once(tmp_path: Path) -> None:
     again.ingest_batches("predictions", [_with_rows(extra)])
     assert again.con.execute("SELECT sum(n_predictions) FROM rollups").fetchall()[0][0] == n_before + 1
     again.close()
+
+
+def test_the_server_answers_before_the_step_and_readers_wait_for_it(tmp_path: Path) -> None:
+    """Through the server's committer: an answered request is in the rollups once a reader
+    settles; while steps fail, readers do not hang, and the next good step folds everything in."""
+    from msewatch.config import Config, ServerConfig
+    from msewatch.server.committer import Committer
+    from msewatch.server.exposition import QualityCollector
+
+    config = Config(server=ServerConfig(rollup_delay_ms=60_000, rollup_rows=10**9))  # steps only on demand
+    store = Store(tmp_path / "srv.duckdb")
+    committer = Committer(store, config, QualityCollector(config))
+    reads = store.reader()
+    try:
+        ops = _operations(9)
+        for kind, table in ops[:4]:
+            committer.submit(kind, _with_rows(table), table.num_rows).result(timeout=30)
+        assert reads.unfolded_rows() > 0  # answered, not folded in yet
+        assert committer.settle(timeout=30)
+        assert reads.unfolded_rows() == 0
+        # a step that cannot run (its watermark table is gone): readers get an answer at once
+        store.reader().con.execute("ALTER TABLE rollup_state RENAME TO rollup_state_away")
+        kind, table = ops[4]
+        committer.submit(kind, _with_rows(table), table.num_rows).result(timeout=30)
+        started = time.monotonic()
+        assert not committer.settle(timeout=20)
+        assert time.monotonic() - started < 10
+        store.reader().con.execute("ALTER TABLE rollup_state_away RENAME TO rollup_state")
+        deadline = time.monotonic() + 30
+        while not committer.settle(timeout=1) and time.monotonic() < deadline:
+            time.sleep(0.5)  # the failed step is retried after a pause
+        assert reads.unfolded_rows() == 0
+        folded = _state(reads)
+    finally:
+        reads.close()
+        committer.close()
+    with Store(tmp_path / "srv.duckdb") as again:
+        rollups.rebuild(again.con)
+        _same(_state(again), folded)

@@ -82,6 +82,7 @@ class Committer:
         self._applied_commits = 0  # commits folded in (a commit's number is its count in `commits`)
         self._settle_wanted = False
         self._step_not_before = 0.0  # after a failed step: no retry before this
+        self._step_failing = False  # the last step failed: readers do not wait for the next
         self._committing = 0  # rows of the group being committed (still in _pending_rows)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._pending_rows = 0
@@ -123,11 +124,12 @@ class Committer:
         """Wait until every commit answered so far is in the rollups and counters; False on timeout.
 
         For readers of the rollups (dashboard, monitor, /metrics): an answered request shows.
+        While steps fail (logged, retried), readers get what the rollups hold without waiting.
         """
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self.commits
-            while self._applied_commits < target and self._step_thread.is_alive():
+            while self._applied_commits < target and self._step_thread.is_alive() and not self._step_failing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
@@ -213,14 +215,16 @@ class Committer:
         now = time.monotonic()
         if now < self._step_not_before:
             return False
-        return (self._settle_wanted or self._committed_rows - self._applied_rows >= self.rollup_rows
+        return (self._settle_wanted or self._step_failing
+                or self._committed_rows - self._applied_rows >= self.rollup_rows
                 or now - self._unapplied_since >= self.rollup_delay)
 
     def _step_wait(self) -> float | None:
         """How long the rollup thread may sleep before a step is due (under the lock)."""
         if self._unapplied_since is None:
             return None
-        due = max(self._step_not_before, self._unapplied_since + self.rollup_delay)
+        due = self._step_not_before if self._step_failing else \
+            max(self._step_not_before, self._unapplied_since + self.rollup_delay)
         return max(0.0, due - time.monotonic())
 
     def _step(self) -> None:
@@ -233,6 +237,7 @@ class Committer:
             log.exception("folding committed rows into the rollups failed; retrying in %.0f s", _STEP_RETRY)
             with self._cond:
                 self._step_not_before = time.monotonic() + _STEP_RETRY
+                self._step_failing = True
                 self._settle_wanted = False
                 self._cond.notify_all()
             return
@@ -246,6 +251,7 @@ class Committer:
             log.exception("updating /metrics failed")
         with self._cond:
             self._applied_commits, self._applied_rows = target, rows
+            self._step_failing = False
             # commits made during the step wait for the next one (they are no older than its start)
             self._unapplied_since = None if self.commits == target else started
             self._settle_wanted = False
