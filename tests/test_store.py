@@ -894,3 +894,25 @@ def test_a_group_commit_that_meets_a_stored_id_is_committed_again_with_the_check
         assert ids == [("a", 1.0), ("b", 1.0), ("c", 1.0), ("d", 1.0), ("e", 1.0)]
         logged = store.con.execute("SELECT sum(accepted), sum(duplicates), sum(rejected) FROM ingest_log").fetchall()
         assert logged == [(5, 2, 1)]
+
+
+def test_a_group_commit_with_bad_rows_and_a_new_column_answers_as_a_file_ingest(tmp_path: Path) -> None:
+    """The group path validates straight into the table: its answers, reasons and stored rows are
+    those of the staged path a file ingest takes."""
+    records = [
+        {"prediction_id": "a", "ts": 1_767_225_600.0, "model": "m", "version": "v", "y_pred": 1.0, "tier": "gold"},
+        {"prediction_id": " ", "ts": 1_767_225_600.0, "model": "m", "version": "v", "y_pred": 1.0, "tier": "x"},
+        {"prediction_id": "b", "ts": 1_767_225_660.0, "model": "m", "version": "v", "y_pred": None, "tier": "x"},
+        {"prediction_id": "c", "ts": None, "model": "m", "version": "v", "y_pred": 2.0, "tier": None},
+        {"prediction_id": "d", "ts": 1_767_225_720.0, "model": "", "version": "v", "y_pred": 3.0, "tier": "gold"},
+    ]
+    with Store(tmp_path / "group.duckdb") as grouped, Store(tmp_path / "file.duckdb") as filed:
+        (answer,) = _group(grouped, records)
+        table = pa.Table.from_pylist(records)
+        table = table.append_column("_row", pa.array(range(len(records)), pa.int64()))
+        expected = filed.ingest_batches("predictions", table.to_batches())
+        assert answer.summary() == expected.summary() == {"accepted": 2, "duplicates": 0, "rejected": 3}
+        assert [(r.row, r.error) for r in answer.rejects] == [(r.row, r.error) for r in expected.rejects]
+        rows = "SELECT prediction_id, ts, model, version, y_pred, tier FROM predictions ORDER BY 1"
+        assert grouped.con.execute(rows).fetchall() == filed.con.execute(rows).fetchall()
+        assert grouped.extra_columns() == filed.extra_columns() == {"tier": "segment"}

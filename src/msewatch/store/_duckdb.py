@@ -464,15 +464,20 @@ class Store:
         result = result if result is not None else IngestResult()
         self._starts = starts
         con = self.con
+        stage: _Stage | None = None
         con.execute("BEGIN TRANSACTION")
         try:
             stage = _Stage(self, kind, columns, source, default_model, default_version)
             stage.optimistic = optimistic
+            # one request group of predictions: validated straight into the table (no `_stage`)
+            stage.direct = optimistic and kind == "predictions" and isinstance(batches, list) and len(batches) == 1
             for batch in batches:
                 stage.add(batch, result)
             stage.finish()
             result.rejects[:0] = [Reject(p.row, p.error, {"_raw": p.raw}) for p in parse_rejects]
-            if stage.rows:
+            if stage.inserted is not None:
+                result.accepted += stage.inserted
+            elif stage.rows:
                 if kind == "predictions":
                     self._merge_predictions(stage, result)
                 elif kind == "shadow":
@@ -494,7 +499,8 @@ class Store:
             self._columns = self._extras = None  # a column added in this transaction is gone again
             raise
         finally:
-            con.execute("DROP TABLE IF EXISTS _stage")
+            if stage is None or stage.inserted is None:
+                con.execute("DROP TABLE IF EXISTS _stage")
         return result
 
     def _insert_new(self, stage: _Stage, result: IngestResult, *, table: str, key: Sequence[str],
@@ -746,6 +752,8 @@ class _Stage:
         self.ignored: dict[str, None] = {}  # input columns a shadow row does not keep, in order
         self.rows = 0
         self.optimistic = False  # insert new keys without ON CONFLICT (see Store.ingest_group)
+        self.direct = False  # optimistic, and one batch: insert its valid rows with the validation
+        self.inserted: int | None = None  # rows the direct insert stored
         self.seen_required: set[str] = set()
         self.created = False
 
@@ -753,6 +761,7 @@ class _Stage:
         names = self.columns.source_names()
         required = [names[c] for c in required_columns(self.kind)]
         self.seen_required |= {n for n in required if n in batch.schema.names}
+        direct = self.direct and not self.created and all(n in batch.schema.names for n in required)
         optional = [names["label_ts"]] if self.kind == "labels" else []
         for name in [*required, *optional]:  # a key no record of this batch has is a null column
             if name not in batch.schema.names:
@@ -770,22 +779,36 @@ class _Stage:
         con = self.store.con
         con.register("_batch", batch)
         try:
-            if not self.created:  # one statement: planning the validation SQL is its fixed cost
-                con.execute(f"CREATE TEMP TABLE _stage AS {sql}")
+            if direct:  # a new id per row: a stored or repeated one fails the statement (and the group)
+                stored = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *self.extras])
+                inserted = con.execute(
+                    f"""INSERT INTO predictions ({stored}, source, ingested_at)
+                    SELECT {stored}, ?, ? FROM ({sql}) WHERE _ok""",
+                    [self.source, self.store._stamp()],
+                ).fetchall()
+                self.inserted = int(inserted[0][0]) if inserted else 0
                 self.created = True
+                n_bad = batch.num_rows - self.inserted
             else:
-                self._add_stage_columns()
-                con.execute(f"INSERT INTO _stage BY NAME {sql}")
-            rows = batch.column("_row")
-            # _row grows batch by batch, so the range scan touches this batch's row groups only
-            n_bad = con.execute(
-                "SELECT count(*) FROM _stage WHERE _row BETWEEN ? AND ? AND NOT _ok",
-                [rows[0].as_py(), rows[len(rows) - 1].as_py()],
-            ).fetchall()[0][0]
+                if not self.created:  # one statement: planning the validation SQL is its fixed cost
+                    con.execute(f"CREATE TEMP TABLE _stage AS {sql}")
+                    self.created = True
+                else:
+                    self._add_stage_columns()
+                    con.execute(f"INSERT INTO _stage BY NAME {sql}")
+                rows = batch.column("_row")
+                # _row grows batch by batch, so the range scan touches this batch's row groups only
+                n_bad = con.execute(
+                    "SELECT count(*) FROM _stage WHERE _row BETWEEN ? AND ? AND NOT _ok",
+                    [rows[0].as_py(), rows[len(rows) - 1].as_py()],
+                ).fetchall()[0][0]
             # the reasons are worded only for the rejected rows, in a second pass over the batch
             bad = con.execute(f"{errors_sql} ORDER BY _row").fetchall() if n_bad else []
         finally:
-            con.unregister("_batch")
+            try:
+                con.unregister("_batch")
+            except duckdb.TransactionException:  # a failed direct insert aborted the transaction
+                pass  # the caller rolls back; the next request registers its own batch
         if bad:
             position = {row: i for i, row in enumerate(batch.column("_row").to_pylist())}
             records = received.take(pa.array([position[row] for row, _ in bad])).to_pylist()
