@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from engines_support import ENGINES, WARNING_FILTERS, assert_close, close_engine, open_engine
+from engines_support import ENGINES, RTOL, WARNING_FILTERS, assert_close, close_engine, open_engine
 
 from msewatch.engines import EngineTables, engine_source, quantile_note
 from msewatch.evaluate import EvalSpec, evaluate
@@ -33,7 +33,6 @@ from msewatch.store import Store
 
 pytestmark = WARNING_FILTERS
 
-RTOL = 1e-9
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 N = 24_000
 #: known differences: engine → {query: reason}; such a query is marked xfail, never skipped.

@@ -31,7 +31,6 @@ from msewatch.store import Store
 
 pytestmark = WARNING_FILTERS
 
-RTOL = 1e-9
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86_400
 N = 8_000

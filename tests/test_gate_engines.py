@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import assert_usage_error
-from engines_support import ENGINES, WARNING_FILTERS, assert_close, close_engine, open_engine
+from engines_support import ENGINES, RTOL, WARNING_FILTERS, assert_close, close_engine, open_engine
 
 from msewatch.errors import InputError
 from msewatch.monitor import gate
@@ -43,7 +43,6 @@ from msewatch.schema import ColumnMap
 
 pytestmark = WARNING_FILTERS
 
-RTOL = 1e-9
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 N = 3000
 BY = ("region", "tier")

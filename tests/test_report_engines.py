@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
-from engines_support import ENGINES, WARNING_FILTERS, close_engine, open_engine
+from engines_support import ENGINES, RTOL, WARNING_FILTERS, close_engine, open_engine
 
 from msewatch.config import load_config
 from msewatch.engine_store import engine_store
@@ -39,7 +39,6 @@ from msewatch.views import Filters, compute_all, dumps, store_alerts, store_slos
 
 pytestmark = WARNING_FILTERS
 
-RTOL = 1e-9
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAYS = 20
 N = 20_000

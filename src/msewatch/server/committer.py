@@ -90,7 +90,6 @@ class Committer:
         self._closing = False
         self._known = dict(store.extra_columns())
         self.commits = 0
-        self.steps = 0
         self._rollup_store = store.reader()  # the step's own connection (and its own transaction)
         self._commits_done = False
         self._thread = threading.Thread(target=self._run, name="msewatch-commit", daemon=True)
@@ -241,7 +240,6 @@ class Committer:
                 self._settle_wanted = False
                 self._cond.notify_all()
             return
-        self.steps += 1
         try:
             if applied.inserted is not None:  # first: segment values are capped first come
                 self.collector.observe_predictions(applied.inserted)

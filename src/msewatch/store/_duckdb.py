@@ -178,8 +178,7 @@ class Store:
                 self.con.execute(_DDL)
                 self._migrate_waiting_labels()
                 self._migrate_rollups()
-                if self.unfolded_rows():  # committed by a server that stopped before its rollup step
-                    self.apply_pending()
+                self.apply_pending()  # rows a server committed but stopped before folding in
             except duckdb.Error as exc:  # e.g. a store written by hand with repeated ids
                 self.con.close()
                 raise StoreError(
@@ -249,11 +248,7 @@ class Store:
     def unfolded_rows(self) -> int:
         """Committed predictions and labels not in the rollups yet (0 on a store without rollups)."""
         try:
-            since = rollups.watermark(self.con)
-            return int(self.con.execute(
-                "SELECT (SELECT count(*) FROM predictions WHERE ingested_at > $w) "
-                "+ (SELECT count(*) FROM labels WHERE ingested_at > $w)", {"w": since}
-            ).fetchall()[0][0])
+            return rollups.unfolded_rows(self.con)
         except duckdb.CatalogException:  # a read-only store from before the rollups
             return 0
 

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from msewatch.store import _rollups as rollups
+from msewatch.store._segment_rollups import _q
 
 __all__ = ["Applied", "apply"]
 
@@ -59,8 +60,8 @@ def apply(con: Any, segments: Sequence[str], pair_columns: Sequence[str] | None 
         return Applied()
     stored = {c for (c,) in con.execute("SELECT column_name FROM (DESCRIBE predictions)").fetchall()}
     keys = [c for c in pair_columns or () if c in stored]
-    cols = ", ".join(_q(c) for c in ["prediction_id", "model", "version", "ts", "y_pred",
-                                      *dict.fromkeys([*keys, *segments])])
+    kept = ["model", "version", "ts", "y_pred", *dict.fromkeys([*keys, *segments])]  # of each prediction
+    cols = ", ".join(_q(c) for c in ["prediction_id", *kept])
     run = lambda sql: con.execute(sql, {"w": since} if "$w" in sql else None).fetchall()
     n_pred = run(f"CREATE OR REPLACE TEMP TABLE _np AS SELECT {cols} FROM predictions WHERE ingested_at > $w")[0][0]
     n_ids = run(
@@ -72,7 +73,7 @@ def apply(con: Any, segments: Sequence[str], pair_columns: Sequence[str] | None 
     if n_ids:
         n_labels = int(con.execute("SELECT sum(n) FROM _nl").fetchall()[0][0])
         # each newly labelled id with its prediction, if any: one scan of the predictions per step
-        p_cols = ", ".join(f"p.{_q(c)}" for c in ["model", "version", "ts", "y_pred", *dict.fromkeys([*keys, *segments])])
+        p_cols = ", ".join(f"p.{_q(c)}" for c in kept)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _nlp AS
             SELECT n.prediction_id, n.first_revision, {p_cols}, p.ingested_at AS p_ingested_at
@@ -140,7 +141,3 @@ def apply(con: Any, segments: Sequence[str], pair_columns: Sequence[str] | None 
 
 def _literal(at: dt.datetime) -> str:
     return f"TIMESTAMPTZ '{at.isoformat()}'"
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'

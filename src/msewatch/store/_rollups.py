@@ -33,6 +33,7 @@ __all__ = [
     "refresh",
     "set_watermark",
     "track_thresholds",
+    "unfolded_rows",
     "watermark",
     "window_stats",
 ]
@@ -112,6 +113,14 @@ def pending_since(con: Any, since: dt.datetime) -> dt.datetime | None:
         "SELECT max(ingested_at) FROM labels WHERE ingested_at > $w)",
         {"w": since},
     ).fetchall()[0][0]
+
+
+def unfolded_rows(con: Any) -> int:
+    """How many predictions and labels are past the watermark (committed, not in the rollups)."""
+    return int(con.execute(
+        "SELECT (SELECT count(*) FROM predictions WHERE ingested_at > $w) "
+        "+ (SELECT count(*) FROM labels WHERE ingested_at > $w)", {"w": watermark(con)}
+    ).fetchall()[0][0])
 
 
 def refresh(con: Any, touched_sql: str) -> None:
@@ -287,14 +296,6 @@ def add_first_labels(con: Any, firsts: str) -> None:
     if con.execute(f"SELECT count(*) FROM ({missing})").fetchall()[0][0]:
         refresh(con, missing)
     con.execute("DROP TABLE IF EXISTS _b")
-
-
-def touched_by_labels(new_labels_table: str) -> str:
-    """Keys of the minutes whose predictions just got a new current label."""
-    return (
-        f"SELECT p.model, p.version, {BUCKET} AS bucket_start FROM predictions p "
-        f"SEMI JOIN {new_labels_table} n ON n.prediction_id = p.prediction_id"
-    )
 
 
 def window_stats(
