@@ -102,3 +102,11 @@ def test_too_many_lines_is_refused_by_either_path() -> None:
     body = b"\n".join(b'{"prediction_id":"a","ts":0,"y_pred":1}' for _ in range(11))
     with pytest.raises(BodyError, match="more than 10 records"):
         parse_body(body, NDJSON, "predictions", 10)
+
+
+def test_an_integer_beside_floats_is_read_as_the_nearest_float() -> None:
+    """2**53 + 1 has no float64; beside floats it is rounded, as JSON readers do, not an error."""
+    records = [{"prediction_id": "a", "ts": 0, "y_pred": 1.5}, {"prediction_id": "b", "ts": 0, "y_pred": 2**53 + 1}]
+    body = orjson.dumps(records)
+    parsed = parse_body(body, "application/json", "predictions", 10)
+    assert parsed.rejects == [] and parsed.batch.column("y_pred").to_pylist() == [1.5, float(2**53)]

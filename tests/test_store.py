@@ -916,3 +916,13 @@ def test_a_group_commit_with_bad_rows_and_a_new_column_answers_as_a_file_ingest(
         rows = "SELECT prediction_id, ts, model, version, y_pred, tier FROM predictions ORDER BY 1"
         assert grouped.con.execute(rows).fetchall() == filed.con.execute(rows).fetchall()
         assert grouped.extra_columns() == filed.extra_columns() == {"tier": "segment"}
+
+
+def test_a_repeat_inside_a_group_request_names_the_row_as_its_request_numbers_it(tmp_path: Path) -> None:
+    """Row numbers in a group commit's reasons are those of the request, as in its answer."""
+    pred = lambda pid, y: {"prediction_id": pid, "ts": 1_767_225_600.0, "model": "m", "version": "v", "y_pred": y}
+    with Store(tmp_path / "g.duckdb") as store:
+        _, second = _group(store, [pred("a", 1.0), pred("b", 1.0)], [pred("c", 1.0), pred("d", 1.0), pred("d", 2.0)])
+        assert [(r.row, r.error) for r in second.rejects] == [
+            (2, "prediction_id 'd' appears earlier in this input (row 1) with different content")
+        ]

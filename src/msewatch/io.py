@@ -267,8 +267,8 @@ def _column(values: list[Any]) -> pa.Array:
         return pa.array(values, pa.int64())
     if kinds in ({float}, {int, float}) and all(
         type(v) is not int or -_INT64_LIMIT <= v < _INT64_LIMIT for v in values
-    ):
-        return pa.array(values, pa.float64())
+    ):  # an integer beside floats is a float, rounded to the nearest (Arrow refuses to round)
+        return pa.array([float(v) if type(v) is int else v for v in values], pa.float64())
     if kinds == {str}:
         return pa.array(values, pa.string())
     return pa.array([_text(v) for v in values], pa.string())

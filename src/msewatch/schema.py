@@ -5,7 +5,8 @@ shape of the data contract (DESIGN.md section 4) plus two bookkeeping columns: `
 number in the source, `_ok`, true for a good row, and `_error`, null for a good row or the
 reason the row is rejected.
 Because it is an Ibis expression, the same validation runs in DuckDB at ingest and in any engine
-at evaluation time.
+at evaluation time. `clean_predictions` is the server's shortcut: Arrow checks that prove a batch
+of predictions needs none of it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import datetime
 import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 import ibis
 import ibis.expr.datatypes as dt
 import ibis.expr.types as ir
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from msewatch.errors import InputError
 
@@ -30,6 +33,7 @@ __all__ = [
     "ColumnMap",
     "Kind",
     "check_required",
+    "clean_predictions",
     "normalize",
     "required_columns",
     "verdict",
@@ -315,3 +319,108 @@ def _timestamp(
         )
     )
     return stamp, checks
+
+
+_ARROW_TS_MIN = datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc)
+_ARROW_TS_MAX = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc)
+
+
+def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.RecordBatch | None:
+    """The rows `normalize` would make of `batch` (predictions, contract names), when every one
+    of them certainly passes its checks; else None.
+
+    A proof, not a second validator: any row it cannot vouch for with a few vectorised Arrow
+    checks (text ids that might be blank, untyped times, numbers given as text, …) sends the
+    whole batch back to the SQL of `normalize`, which words the reasons. What it returns holds
+    `prediction_id, ts, model, version, y_pred` and then the `extras` (name → 'segment' |
+    'feature'), typed as they are stored; `_`-prefixed columns are left out.
+    """
+    names = batch.schema.names
+    if any(n not in names for n in ("prediction_id", "ts", "y_pred")) or batch.num_rows == 0:
+        return None
+    contract = {"prediction_id", "ts", "model", "version", "y_pred", "y_true", "label_ts"}
+    wanted = [n for n in names if not n.startswith("_") and n not in contract]
+    if set(wanted) != set(extras) or any(n.casefold() in contract for n in wanted):
+        return None
+    out: dict[str, pa.Array] = {}
+    pid = batch.column("prediction_id")
+    if not _is_text(pid) or pid.null_count or not _fits(pid, MAX_ID_LENGTH):
+        return None
+    # blank ids sort before '!' (white space, control characters): none may
+    if pc.less(pc.min(pid), pa.scalar("!", pid.type)).as_py() or pc.any(pc.match_substring(pid, "\x00")).as_py():
+        return None
+    out["prediction_id"] = pid.cast(pa.string())
+    ts = _arrow_timestamp(batch.column("ts"))
+    if ts is None:
+        return None
+    low, high = pc.min_max(ts).values()
+    if low.as_py() < _ARROW_TS_MIN or high.as_py() > _ARROW_TS_MAX:
+        return None
+    out["ts"] = ts
+    for name, default in (("model", DEFAULT_MODEL), ("version", DEFAULT_VERSION)):
+        if name not in names:
+            out[name] = pa.array([default] * batch.num_rows, pa.string())
+            continue
+        text = batch.column(name)
+        if pa.types.is_null(text.type):
+            text = text.cast(pa.string())
+        if not _is_text(text) or not _fits(text, MAX_STRING_LENGTH):
+            return None
+        text = text.cast(pa.string())
+        out[name] = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(text), 0), False), text, default)
+    y_pred = _finite(batch.column("y_pred"), nulls=False)
+    if y_pred is None:
+        return None
+    out["y_pred"] = y_pred
+    for name in extras:
+        column = batch.column(name)
+        if pa.types.is_null(column.type):
+            column = column.cast(pa.float64() if extras[name] == "feature" else pa.string())
+        if extras[name] == "feature":
+            column = _finite(column, nulls=True)
+        elif not _is_text(column) or not _fits(column, MAX_STRING_LENGTH):
+            column = None
+        if column is None:
+            return None
+        out[name] = column.cast(pa.string()) if extras[name] == "segment" else column
+    return pa.RecordBatch.from_pydict(out)
+
+
+def _arrow_timestamp(column: pa.Array) -> pa.Array | None:
+    """A UTC time column, or epoch seconds rounded to the millisecond as `_epoch_to_timestamp`
+    does; None when a value is missing or would need the text parser."""
+    if pa.types.is_timestamp(column.type) and column.type.tz == "UTC" and not column.null_count:
+        return column.cast(pa.timestamp("us", "UTC"))
+    seconds = _finite(column, nulls=False)
+    if seconds is None:
+        return None
+    low, high = pc.min_max(seconds).values()
+    if low.as_py() < _EPOCH_MIN or high.as_py() > _EPOCH_MAX:
+        return None
+    millis = pc.round(pc.multiply(seconds, 1000.0), round_mode="half_towards_infinity").cast(pa.int64())
+    return millis.cast(pa.timestamp("ms", "UTC")).cast(pa.timestamp("us", "UTC"))
+
+
+def _is_text(column: pa.Array) -> bool:
+    return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+
+
+def _fits(text: pa.Array, limit: int) -> bool:
+    """No value longer than `limit` characters (code points: never fewer than the engine counts)."""
+    longest = pc.max(pc.utf8_length(text)).as_py() if len(text) else 0
+    return (longest or 0) <= limit
+
+
+def _finite(column: pa.Array, *, nulls: bool) -> pa.Array | None:
+    """float64 values, when each is a finite number (or null, with `nulls`); else None."""
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+        return None
+    if column.null_count and not nulls:
+        return None
+    try:
+        number = column.cast(pa.float64())  # safe: an integer that float64 cannot hold exactly fails
+    except pa.ArrowInvalid:
+        return None
+    if not pc.all(pc.is_finite(number)).as_py():  # all() skips nulls
+        return None
+    return number

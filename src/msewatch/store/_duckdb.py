@@ -35,7 +35,14 @@ import pyarrow.compute
 
 from msewatch.errors import InputError, StoreError, StoreLockedError
 from msewatch.io import BatchReader, ParseReject, concat_batches
-from msewatch.schema import ColumnMap, Kind, check_required, normalize, required_columns
+from msewatch.schema import (
+    ColumnMap,
+    Kind,
+    check_required,
+    clean_predictions,
+    normalize,
+    required_columns,
+)
 from msewatch.store import _pending
 from msewatch.store import _rollups as rollups
 
@@ -541,8 +548,9 @@ class Store:
                 if same:
                     result.add_duplicates([row])
                 elif self._same_request(row, first_row):
+                    first = self._request_row(first_row)
                     result.rejects.append(Reject(
-                        row, f"{name(*values)} appears earlier in this input (row {first_row}) with different content", {}
+                        row, f"{name(*values)} appears earlier in this input (row {first}) with different content", {}
                     ))
                 else:
                     result.rejects.append(Reject(row, f"{name(*values)} is already stored with different content", {}))
@@ -723,6 +731,11 @@ class Store:
             }
         return cached
 
+    def _request_row(self, row: int) -> int:
+        """A row number of a group commit as its request numbers it."""
+        starts = self._starts
+        return row - starts[bisect.bisect_right(starts, row) - 1] if starts else row
+
     def _same_request(self, row: int, other: int) -> bool:
         starts = self._starts
         return not starts or bisect.bisect_right(starts, row) == bisect.bisect_right(starts, other)
@@ -770,15 +783,18 @@ class _Stage:
             if dropped:
                 self.ignored.update(dict.fromkeys(dropped))
                 batch = batch.drop_columns(dropped)
-        sql, errors_sql = self._sql(batch.schema)
+        # every row provably good (the usual request): inserted as it is, without the validation SQL
+        plain = self.columns == ColumnMap() and self.default_model is None and self.default_version is None
+        clean = clean_predictions(batch, self.extras) if direct and plain else None
+        sql, errors_sql = self._sql(batch.schema) if clean is None else ("", "")
         con = self.store.con
-        con.register("_batch", batch)
+        con.register("_batch", batch if clean is None else clean)
         try:
             if direct:  # a new id per row: a stored or repeated one fails the statement (and the group)
                 stored = ", ".join(_q(c) for c in [*_CORE_PREDICTION_COLUMNS, *self.extras])
                 inserted = con.execute(
                     f"""INSERT INTO predictions ({stored}, source, ingested_at)
-                    SELECT {stored}, ?, ? FROM ({sql}) WHERE _ok""",
+                    SELECT {stored}, ?, ? FROM {'_batch' if clean is not None else f'({sql}) WHERE _ok'}""",
                     [self.source, self.store._stamp()],
                 ).fetchall()
                 self.inserted = int(inserted[0][0]) if inserted else 0
