@@ -38,7 +38,11 @@ What it does:
 6. Reference, in a separate process, in the same run: raw DuckDB Arrow appends of the same
    columns into a fresh on-disk DuckDB file (INSERT ... SELECT * FROM <registered Arrow
    batch>, autocommit: one durable transaction per batch), --raw-rows rows with commits of
-   --batch rows, then of --raw-group rows. The server's rate is printed as a ratio of these.
+   --batch rows, then of --raw-group rows, then of --raw-indexed-group rows (about a server
+   group commit) into a table whose prediction_id is a PRIMARY KEY, as the store's is (its
+   unique index makes a re-sent id a duplicate): the commit p99 of that last one is what
+   DuckDB's own checkpoints cost a writer of the server's shape. The server's rate is printed
+   as a ratio of these.
 
 Timings are for people to read; missing a target does not change the exit status. The exit
 status is 1 only when the run itself fails (server error answers, rejected events, counts in
@@ -249,12 +253,13 @@ def child_raw(spec: dict) -> int:
         }
     )
     results = []
-    for rows_per_commit in spec["commit_rows"]:
-        path = Path(spec["dir"]) / f"raw-{rows_per_commit}.duckdb"
+    for rows_per_commit, indexed in spec["commit_rows"]:
+        path = Path(spec["dir"]) / f"raw-{rows_per_commit}-{int(indexed)}.duckdb"
         con = duckdb.connect(str(path))
         con.execute(
-            "CREATE TABLE predictions (prediction_id VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL, model VARCHAR NOT NULL,"
-            " version VARCHAR NOT NULL, region VARCHAR, y_pred DOUBLE NOT NULL)"
+            f"CREATE TABLE predictions (prediction_id VARCHAR {'PRIMARY KEY' if indexed else 'NOT NULL'},"
+            " ts TIMESTAMPTZ NOT NULL, model VARCHAR NOT NULL, version VARCHAR NOT NULL, region VARCHAR,"
+            " y_pred DOUBLE NOT NULL)"
         )
         batches = table.to_batches(max_chunksize=rows_per_commit)
         lat = []
@@ -268,12 +273,16 @@ def child_raw(spec: dict) -> int:
         wall = time.perf_counter() - t0
         stored = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
         con.close()
-        results.append({"commit_rows": rows_per_commit, "rows": n, "stored": stored, "wall_s": wall,
+        results.append({"commit_rows": rows_per_commit, "indexed": indexed, "rows": n, "stored": stored, "wall_s": wall,
                         "rows_per_s": n / wall, "commits": len(batches), "commit_ms": _pcts(lat)})
         for p in (path, Path(str(path) + ".wal")):
             p.unlink(missing_ok=True)
     print("RESULT " + json.dumps(results), flush=True)
     return 0
+
+
+def _raw_name(r: dict) -> str:
+    return f"{r['commit_rows']:,}-row commits" + (" with the id index" if r.get("indexed") else "")
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -760,12 +769,11 @@ def report(res: dict, out) -> None:
         print(f"{'reference: raw DuckDB Arrow appends':<44} {'rows/s':>9} {'commit p50':>10} {'commit p99':>10}"
               f" {'others':>6}", file=out)
         for r in res["raw"]:
-            label = f"{r['commits']:,} commits of {r['commit_rows']:,} rows"
+            label = f"{r['commits']:,} commits of {r['commit_rows']:,} rows" + (", id index" if r.get("indexed") else "")
             print(f"  {label:<42} {_fmt_rate(r['rows_per_s']):>9} {r['commit_ms']['p50']:>7.1f} ms "
                   f"{r['commit_ms']['p99']:>7.1f} ms {r.get('other_cores', math.nan):>6.2f}", file=out)
         pred = phases[0]["events_per_s"]
-        ratios = ", ".join(f"{pred / r['rows_per_s']:.2f}x raw with {r['commit_rows']:,}-row commits"
-                           for r in res["raw"])
+        ratios = ", ".join(f"{pred / r['rows_per_s']:.2f}x raw with {_raw_name(r)}" for r in res["raw"])
         print(f"  server predictions/s = {ratios}", file=out)
     print(file=out)
     print("targets (2 cores):", file=out)
@@ -811,6 +819,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ts-format", choices=("iso", "epoch"), default="iso", help="ts as ISO 8601 text or epoch seconds")
     ap.add_argument("--raw-rows", type=int, default=1_000_000, help="rows of each raw DuckDB reference (0: skip it)")
     ap.add_argument("--raw-group", type=int, default=16_000, help="rows per commit of the second raw reference")
+    ap.add_argument("--raw-indexed-group", type=int, default=4_000,
+                    help="rows per commit of the third raw reference, into a table with a unique id index (4,000)")
     ap.add_argument("--preload", type=int, default=0,
                     help="first load this many predictions (and ~90%% labels) into the store with `msewatch ingest`, "
                          "from eval_bench.py's seeded Parquet files (generated once into --data-dir): per-commit "
@@ -923,14 +933,15 @@ def main(argv: list[str] | None = None) -> int:
 
     raw = []
     if args.raw_rows > 0:
-        log(f"reference: raw DuckDB Arrow appends, {args.raw_rows:,} rows, commits of {args.batch:,} then "
-            f"{args.raw_group:,} rows …")
+        log(f"reference: raw DuckDB Arrow appends, {args.raw_rows:,} rows, commits of {args.batch:,}, then "
+            f"{args.raw_group:,} rows, then {args.raw_indexed_group:,} rows into a table with the id index …")
         import resource
 
         busy0, _ = _machine_busy()
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        child = _spawn_child("raw", {"rows": args.raw_rows, "commit_rows": [args.batch, args.raw_group],
+        commit_rows = [(args.batch, False), (args.raw_group, False), (args.raw_indexed_group, True)]
+        child = _spawn_child("raw", {"rows": args.raw_rows, "commit_rows": commit_rows,
                                      "seed": args.seed, "ts_spread": args.ts_spread, "dir": str(work)})
         child.stdin.close()
         raw = _read_tagged(child, "RESULT")
@@ -958,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
     raw_text = ""
     if raw:
         raw_text = "; raw DuckDB appends " + ", ".join(
-            f"{_fmt_rate(r['rows_per_s'])} rows/s ({r['commit_rows']:,}-row commits, "
+            f"{_fmt_rate(r['rows_per_s'])} rows/s ({_raw_name(r)}, commit p99 {r['commit_ms']['p99']:.0f} ms, "
             f"server = {pred['events_per_s'] / r['rows_per_s']:.2f}x)"
             for r in raw
         )
