@@ -1,4 +1,6 @@
-"""A real `msewatch serve` process for tests: started on a free port, waited for, stopped.
+"""Real server processes for tests: `msewatch serve` and Prometheus, on free ports.
+
+`ServerProcess` is a real `msewatch serve`: started on a free port, waited for, stopped.
 
 Tests talk to it over real sockets with httpx or the SDK; `kill()` sends SIGKILL, `stop()`
 SIGTERM, and `restart()` starts it again on the same store and port.
@@ -106,7 +108,7 @@ class ServerProcess:
     def __enter__(self) -> ServerProcess:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -129,3 +131,94 @@ def require_binary(name: str, reason: str) -> str:
             pytest.fail(f"{name} is not installed, and CI must run this test ({reason})")
         pytest.skip(f"{name} is not installed ({reason})")
     return path
+
+
+class Prometheus:
+    """`prometheus` on a free loopback port with a throwaway TSDB, scraping each target (job name →
+    host:port) every second; queried over its HTTP API."""
+
+    def __init__(self, binary: str, workdir: Path, targets: dict[str, str]) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / "prometheus.log"
+        jobs = "".join(
+            f"""
+  - job_name: {job}
+    scrape_interval: 1s
+    scrape_timeout: 1s
+    metrics_path: /metrics
+    static_configs:
+      - targets: ["{target}"]
+"""
+            for job, target in targets.items()
+        )
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:{jobs}")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self._log = open(self.log, "ab")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_text()}")
+            try:
+                if httpx.get(self.url + "/-/ready", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant vector of `promql` (at `at`): [{"metric": {...}, "value": float}, …]."""
+        params: dict[str, Any] = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        r = httpx.post(self.url + "/api/v1/query", data=params, timeout=10.0)
+        assert r.status_code == 200, f"{promql}\n-> {r.status_code} {r.text}"
+        body = r.json()
+        assert body["status"] == "success", (promql, body)
+        assert body["data"]["resultType"] == "vector", (promql, body)
+        return [{"metric": s["metric"], "value": float(s["value"][1])} for s in body["data"]["result"]]
+
+    def scalar(self, promql: str) -> float | None:
+        """The single value of a query that yields at most one sample (None when empty)."""
+        result = self.query(promql)
+        assert len(result) <= 1, f"{promql} gave {len(result)} series: {result}"
+        return result[0]["value"] if result else None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        log = getattr(self, "_log", None)
+        if log is not None:
+            log.close()

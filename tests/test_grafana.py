@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import run_cli
-from servers import ServerProcess, free_port, require_binary
+from servers import Prometheus, ServerProcess, require_binary
 
 REL = 1e-9
 SCRAPE_TIMEOUT = 30.0
@@ -104,82 +103,6 @@ ALL = {"model": ".*", "version": ".*", "region": ".*"}
 MULTI = {"model": "(price|eta)", "version": "(v1|v2|v7)", "region": "(north|south|east|west)"}
 ONE = {"model": "price", "version": "v2", "region": "north"}
 BUILTIN = {"__rate_interval": "1m", "__range": "1h", "__interval": "30s"}
-
-
-# -- Prometheus (as in test_prometheus.py) --------------------------------------------------------
-class Prometheus:
-    """`prometheus` on a free loopback port with a throwaway TSDB, scraping one target every second."""
-
-    def __init__(self, binary: str, workdir: Path, target: str) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n"
-            f"  - job_name: msewatch\n    scrape_interval: 1s\n    scrape_timeout: 1s\n"
-            f'    static_configs:\n      - targets: ["{target}"]\n'
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = open(self.log, "ab")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
-
-    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
-        """The instant vector of `promql` (at `at`): [{"metric": {...}, "value": float}, …]."""
-        params: dict[str, Any] = {"query": promql}
-        if at is not None:
-            params["time"] = f"{at:.3f}"
-        r = httpx.post(self.url + "/api/v1/query", data=params, timeout=10.0)
-        assert r.status_code == 200, f"{promql}\n-> {r.status_code} {r.text}"
-        body = r.json()
-        assert body["status"] == "success", (promql, body)
-        assert body["data"]["resultType"] == "vector", (promql, body)
-        return [{"metric": s["metric"], "value": float(s["value"][1])} for s in body["data"]["result"]]
-
-    def scalar(self, promql: str) -> float | None:
-        result = self.query(promql)
-        assert len(result) <= 1, f"{promql} gave {len(result)} series: {result}"
-        return result[0]["value"] if result else None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        log = getattr(self, "_log", None)
-        if log is not None:
-            log.close()
 
 
 # -- the events -----------------------------------------------------------------------------------
@@ -339,7 +262,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     boards = {key: json.loads((out / f"dashboards/msewatch-{key}.json").read_text()) for key in
               ("executive", "oncall", "debug")}
     server = ServerProcess(work / "store.duckdb", config=config)
-    prom = Prometheus(binary, work, f"127.0.0.1:{server.port}")
+    prom = Prometheus(binary, work, {"msewatch": f"127.0.0.1:{server.port}"})
     try:
         server.start(wait=False)
         prom.start()

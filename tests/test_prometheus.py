@@ -17,111 +17,21 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from servers import ServerProcess, free_port, require_binary
+from servers import Prometheus, ServerProcess, require_binary
 
 SCRAPE_TIMEOUT = 30.0
 BUCKETS = [0.05, 0.25, 0.5, 1.0, 2.0, 6.0, 16.0, 64.0]  # the data's p85..p95 all lie in (2, 6]
 REL = 1e-9
 T0 = 1_717_200_000  # prediction times: epoch seconds, one per second from here
-
-
-# -- Prometheus ---------------------------------------------------------------------------------
-class Prometheus:
-    """`prometheus` on a free loopback port with a throwaway TSDB; queried over its HTTP API."""
-
-    def __init__(self, binary: str, workdir: Path, targets: dict[str, str]) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "prometheus.log"
-        jobs = "".join(
-            f"""
-  - job_name: {job}
-    scrape_interval: 1s
-    scrape_timeout: 1s
-    metrics_path: /metrics
-    static_configs:
-      - targets: ["{target}"]
-"""
-            for job, target in targets.items()
-        )
-        self.config = workdir / "prometheus.yml"
-        self.config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:{jobs}")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self._log = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={self.config}",
-                f"--storage.tsdb.path={self.workdir / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}:\n{self.log_text()}")
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"prometheus not ready after {timeout}s:\n{self.log_text()}")
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-5000:]
-        except OSError:
-            return ""
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """The instant vector of `promql` now: [{"metric": {...}, "value": float}, …]."""
-        r = httpx.get(self.url + "/api/v1/query", params={"query": promql}, timeout=10.0)
-        assert r.status_code == 200, f"{promql}: {r.status_code} {r.text}"
-        body = r.json()
-        assert body["status"] == "success", body
-        assert body["data"]["resultType"] == "vector", body
-        return [{"metric": s["metric"], "value": float(s["value"][1])} for s in body["data"]["result"]]
-
-    def scalar(self, promql: str) -> float | None:
-        """The single value of a query that yields at most one sample (None when empty)."""
-        result = self.query(promql)
-        assert len(result) <= 1, f"{promql} gave {len(result)} series: {result}"
-        return result[0]["value"] if result else None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        log = getattr(self, "_log", None)
-        if log is not None:
-            log.close()
 
 
 # -- the events ---------------------------------------------------------------------------------

@@ -62,16 +62,19 @@ def _engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _engine_source(kw: dict[str, Any], columns: Any = None, config_path: str | None = None, *,
-                   files: tuple[str, str] | None = None) -> Any:
+                   files: tuple[str, str] | None = None, config: Any = None) -> Any:
     """An EvalInput over the engine named by the options (or None when none is asked for).
 
-    Pops the engine options from `kw`; the options win over `[engine]` of the config file."""
+    Pops the engine options from `kw`; the options win over `[engine]` of the config file (or
+    of `config`, when the caller has loaded it already)."""
     from msewatch.config import load_config
     from msewatch.engines import connect, engine_source
 
     url, lake = kw.pop("engine_url", None), kw.pop("lake", None)
     pred_table, label_table = kw.pop("predictions_table", None), kw.pop("labels_table", None)
-    settings = load_config(config_path).engine if config_path else None
+    if config is None and config_path:
+        config = load_config(config_path)
+    settings = config.engine if config is not None else None
     if settings is not None and not url:
         url = settings.url or None
     if not url and not lake:

@@ -215,12 +215,13 @@ def slo_status(db: str | None, config_path: str | None, server: str | None, toke
     if any(engine.values()) and (db or server):
         _fail("--engine reads the engine's tables: drop --db and --server.")
     if not db and not server:  # options, else the config's [engine] url, else the store
-        source = _engine_source(dict(engine), None, config_path)
-    if source is not None:
         from msewatch.config import load_config
-        from msewatch.monitor.slo import engine_slo_statuses
 
         config = load_config(config_path)
+        source = _engine_source(dict(engine), None, config_path, config=config)
+    if source is not None:
+        from msewatch.monitor.slo import engine_slo_statuses
+
         if not config.monitor.slos:
             _fail("no [[slos]] in the config; see `msewatch slo status --help` and the README's Guardrails section.")
         when = _instant(at, "--at")

@@ -7,7 +7,7 @@ a lake written by `msewatch export` / `msewatch serve --sink`):
 - `rollups`: one row per (model, version, minute of prediction time), with the same columns
   and meanings as the store's (counts, Σr², Σ|r|, Σ|r|/max(|y|, ε), Σhuber, means and centred
   sums of squares of r, y and r², the latest label time), over the current label of each id as
-  `engines._current_labels` decides;
+  `engines.current_labels` decides;
 - `segment_rollups`: the same per hour, per segment column and value; `extra_columns`: the
   predictions' other columns, text ones as segments and numeric ones as features;
 - `rollup_good` and `slo_thresholds` for the event SLO thresholds asked for (`thresholds`);
@@ -36,12 +36,12 @@ import pyarrow as pa
 from msewatch.engines import (
     UTC,
     EngineTables,
-    _current_labels,
-    _finite,
-    _lake,
-    _predictions,
-    _read_file,
-    _table,
+    contract_predictions,
+    current_labels,
+    engine_table,
+    finite,
+    lake_tables,
+    read_file,
 )
 from msewatch.errors import InputError
 from msewatch.metrics import EPSILON
@@ -79,9 +79,9 @@ def engine_store(engine: Any, where: EngineTables, *, raw_since: RawSince = None
         raise
     except Exception as exc:  # e.g. a lake directory without a Parquet file yet
         raise InputError(f"--engine: cannot read the data ({str(exc).splitlines()[0][:300]}).") from exc
-    predictions = _predictions(raw_p, where.columns, engine.name)
+    predictions = contract_predictions(raw_p, where.columns, engine.name)
     predictions = predictions.filter(predictions._ok).drop("_ok")
-    labels = _current_labels(raw_l, where.columns, dialect)
+    labels = current_labels(raw_l, where.columns, dialect)
     extras = _extras(predictions, where)
     store = Store(":memory:")
     try:
@@ -113,10 +113,10 @@ def _cutoff(raw_since: RawSince, end: dt.datetime) -> dt.datetime:
 def _raw_tables(engine: Any, where: EngineTables) -> tuple[ir.Table, ir.Table]:
     """The predictions and labels tables as stored (what `engines.engine_tables` reads)."""
     if where.lake:
-        return _lake(engine, where.lake)
+        return lake_tables(engine, where.lake)
     if where.predictions_files and where.labels_files:
-        return _read_file(engine, where.predictions_files), _read_file(engine, where.labels_files)
-    return _table(engine, where.predictions, "predictions"), _table(engine, where.labels, "labels")
+        return read_file(engine, where.predictions_files), read_file(engine, where.labels_files)
+    return engine_table(engine, where.predictions, "predictions"), engine_table(engine, where.labels, "labels")
 
 
 def _extras(predictions: ir.Table, where: EngineTables) -> dict[str, str]:
@@ -279,13 +279,13 @@ def _fill_raw(store: Store, engine: Any, predictions: ir.Table, labels: ir.Table
 
 def _revisions(raw_labels: ir.Table, where: EngineTables) -> ir.Table | None:
     """Per id, the revision of the label that counts (latest label_ts, none = oldest, then the
-    highest revision: the order `_current_labels` gives a table with a `revision` column)."""
+    highest revision: the order `current_labels` gives a table with a `revision` column)."""
     names = where.columns.source_names()
     if "revision" not in raw_labels.columns or "revision" in (names["prediction_id"], names["y_true"]):
         return None
     t = raw_labels
     pid, y = t[names["prediction_id"]], t[names["y_true"]].cast("float64")
-    t = t.filter(pid.notnull() & _finite(y))
+    t = t.filter(pid.notnull() & finite(y))
     rev = t.revision.cast("int64")
     if names["label_ts"] in t.columns:
         oldest = ibis.literal(dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc)).cast(UTC)

@@ -35,10 +35,16 @@ __all__ = [
     "APPROXIMATE_QUANTILES",
     "EngineTables",
     "connect",
+    "contract_predictions",
+    "current_labels",
     "engine_source",
+    "engine_table",
     "engine_tables",
     "epoch_time",
+    "finite",
+    "lake_tables",
     "quantile_note",
+    "read_file",
 ]
 
 #: engines whose Ibis quantile is approximate, with the engine's documented error
@@ -179,12 +185,12 @@ def _exact_compiler(base: type) -> type:
 def engine_tables(engine: Any, where: EngineTables) -> tuple[ir.Table, ir.Table]:
     """Predictions (contract names, `_ok` marking valid rows) and one current label per id."""
     if where.lake:
-        predictions, labels = _lake(engine, where.lake)
+        predictions, labels = lake_tables(engine, where.lake)
     elif where.predictions_files and where.labels_files:
-        predictions, labels = _read_file(engine, where.predictions_files), _read_file(engine, where.labels_files)
+        predictions, labels = read_file(engine, where.predictions_files), read_file(engine, where.labels_files)
     else:
-        predictions, labels = _table(engine, where.predictions, "predictions"), _table(engine, where.labels, "labels")
-    return _predictions(predictions, where.columns, engine.name), _current_labels(labels, where.columns, engine.name)
+        predictions, labels = engine_table(engine, where.predictions, "predictions"), engine_table(engine, where.labels, "labels")
+    return contract_predictions(predictions, where.columns, engine.name), current_labels(labels, where.columns, engine.name)
 
 
 def engine_source(engine: Any, where: EngineTables) -> Any:
@@ -195,7 +201,7 @@ def engine_source(engine: Any, where: EngineTables) -> Any:
     return EvalInput(engine, predictions, labels)
 
 
-def _table(engine: Any, name: str, what: str) -> ir.Table:
+def engine_table(engine: Any, name: str, what: str) -> ir.Table:
     *database, table = name.split(".")
     try:
         return engine.table(table, database=tuple(database) if len(database) > 1 else (database[0] if database else None))
@@ -203,7 +209,7 @@ def _table(engine: Any, name: str, what: str) -> ir.Table:
         raise InputError(f"--engine: cannot read the {what} table {name!r} ({str(exc).splitlines()[0][:200]}).") from exc
 
 
-def _read_file(engine: Any, path: str) -> ir.Table:
+def read_file(engine: Any, path: str) -> ir.Table:
     """A Parquet or CSV file (glob, directory or URL) read by the engine itself, unvalidated:
     the rows of a trusted pipeline; null or non-finite values are left out, not reported by row."""
     if "://" not in path and not any(ch in path for ch in "*?[") and not os.path.exists(path):
@@ -225,7 +231,7 @@ def _clickhouse_files(engine: Any, pattern: str, fmt: str = "Parquet") -> ir.Tab
     return engine.sql(f"SELECT * FROM file('{quoted}', {fmt}) SETTINGS use_hive_partitioning = 0")
 
 
-def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
+def lake_tables(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
     """The lake's tables: every file is self-contained, so the Hive directories only prune."""
     out = []
     for name in ("predictions", "labels"):
@@ -243,7 +249,7 @@ def _lake(engine: Any, lake: str) -> tuple[ir.Table, ir.Table]:
     return out[0], out[1]
 
 
-def _predictions(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
+def contract_predictions(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
     names = columns.source_names()
     _require(table, [names[c] for c in ("prediction_id", "ts", "model", "version", "y_pred")], "predictions")
     rename = {c: names[c] for c in ("prediction_id", "ts", "model", "version", "y_pred")}
@@ -251,11 +257,11 @@ def _predictions(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
     t = table.drop(*drop).rename(rename) if drop else table.rename(rename)
     ts = t.ts.cast(UTC) if t.ts.type().is_timestamp() else epoch_time(t.ts.cast("float64"), dialect)
     t = t.mutate(ts=ts, y_pred=t.y_pred.cast("float64"), prediction_id=t.prediction_id.cast("string"))
-    ok = t.prediction_id.notnull() & t.ts.notnull() & t.model.notnull() & t.version.notnull() & _finite(t.y_pred)
+    ok = t.prediction_id.notnull() & t.ts.notnull() & t.model.notnull() & t.version.notnull() & finite(t.y_pred)
     return t.mutate(_ok=ok)
 
 
-def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
+def current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Table:
     """The label that counts: the latest `label_ts` (none = oldest), then the latest revision
     (or arrival), as the store decides; rows with a non-finite y_true are not labels."""
     from msewatch.evaluate import epoch_seconds, latest_labels
@@ -266,7 +272,7 @@ def _current_labels(table: ir.Table, columns: ColumnMap, dialect: str) -> ir.Tab
     if names["label_ts"] in table.columns:
         rename["label_ts"] = names["label_ts"]
     t = table.rename(rename)
-    t = t.filter(t.prediction_id.notnull() & _finite(t.y_true.cast("float64")))
+    t = t.filter(t.prediction_id.notnull() & finite(t.y_true.cast("float64")))
     if "revision" in t.columns:
         order = t.revision.cast("int64")
     elif "ingested_at" in t.columns:
@@ -298,7 +304,7 @@ def _clickhouse_from_micros(micros: int, tz: str) -> dt_type.Timestamp(timezone=
     """ClickHouse's DateTime64(6) of microseconds since the epoch."""
 
 
-def _finite(x: ir.FloatingValue) -> ir.BooleanValue:
+def finite(x: ir.FloatingValue) -> ir.BooleanValue:
     """Not null, NaN or ±inf: x − x is 0 exactly for finite x, NaN otherwise (Ibis's isinf
     compiles to a constant false on PySpark)."""
     return x.notnull() & ((x - x) == 0)

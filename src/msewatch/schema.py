@@ -368,7 +368,7 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
             return None
         text = text.cast(pa.string())
         out[name] = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(text), 0), False), text, default)
-    y_pred = _finite(batch.column("y_pred"), nulls=False)
+    y_pred = _finite_floats(batch.column("y_pred"), nulls=False)
     if y_pred is None:
         return None
     out["y_pred"] = y_pred
@@ -377,7 +377,7 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
         if pa.types.is_null(column.type):
             column = column.cast(pa.float64() if extras[name] == "feature" else pa.string())
         if extras[name] == "feature":
-            column = _finite(column, nulls=True)
+            column = _finite_floats(column, nulls=True)
         elif not _is_text(column) or not _fits(column, MAX_STRING_LENGTH):
             column = None
         if column is None:
@@ -391,7 +391,7 @@ def _arrow_timestamp(column: pa.Array) -> pa.Array | None:
     does; None when a value is missing or would need the text parser."""
     if pa.types.is_timestamp(column.type) and column.type.tz == "UTC" and not column.null_count:
         return column.cast(pa.timestamp("us", "UTC"))
-    seconds = _finite(column, nulls=False)
+    seconds = _finite_floats(column, nulls=False)
     if seconds is None:
         return None
     low, high = pc.min_max(seconds).values()
@@ -411,7 +411,7 @@ def _fits(text: pa.Array, limit: int) -> bool:
     return (longest or 0) <= limit
 
 
-def _finite(column: pa.Array, *, nulls: bool) -> pa.Array | None:
+def _finite_floats(column: pa.Array, *, nulls: bool) -> pa.Array | None:
     """float64 values, when each is a finite number (or null, with `nulls`); else None."""
     if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
         return None
