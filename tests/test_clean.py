@@ -1,4 +1,5 @@
-"""`schema.clean_predictions`: the Arrow proof that lets a group commit skip the validation SQL.
+"""`schema.clean_predictions` and `clean_labels`: the Arrow proofs that let a group commit skip
+the validation SQL.
 
 Whatever a request body holds, a group commit (which takes the proof when it holds) must answer
 and store exactly what the staged path of a file ingest does (the validation SQL alone).
@@ -14,12 +15,13 @@ import pyarrow as pa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from msewatch.schema import MAX_ID_LENGTH, MAX_STRING_LENGTH, clean_predictions
+from msewatch.schema import MAX_ID_LENGTH, MAX_STRING_LENGTH, clean_labels, clean_predictions
 from msewatch.server.bodies import parse_body
 from msewatch.store import Store
 
 NDJSON = "application/x-ndjson"
 ROWS = "SELECT * EXCLUDE (source, ingested_at) FROM predictions ORDER BY prediction_id"
+LABEL_ROWS = "SELECT * EXCLUDE (source, ingested_at) FROM labels ORDER BY prediction_id, revision"
 
 _texts = st.text(alphabet=st.sampled_from([" ", "\t", "\x00", "!", "a", "Z", "0", "-", "é", "😀", "\x7f"]), max_size=6)
 _ids = st.one_of(
@@ -71,13 +73,31 @@ def _bodies(draw: st.DrawFn) -> bytes:
     return b"\n".join(orjson.dumps(r) for r in records)
 
 
-def _answers(store: Store, batch: pa.RecordBatch, *, group: bool) -> tuple[Any, ...]:
+@st.composite
+def _label_bodies(draw: st.DrawFn) -> bytes:
+    ids = st.sampled_from(["a", "b", "c"]) if draw(st.booleans()) else _ids  # repeats: revisions, copies
+    has_time = draw(st.booleans())
+    records = []
+    for _ in range(draw(st.integers(1, 12))):
+        record: dict[str, Any] = {"prediction_id": draw(ids), "y_true": draw(_numbers)}
+        if has_time and draw(st.integers(0, 5)):
+            record["label_ts"] = draw(_ts)
+        records.append(record)
+    if draw(st.booleans()):  # typical labels: the proof holds for those
+        good_ts = draw(st.sampled_from([*_good_ts, st.none()]))
+        records = [{"prediction_id": f"p{draw(st.integers(0, 5))}", "y_true": draw(st.floats(-1e6, 1e6)),
+                    "label_ts": draw(good_ts)} for _ in records]
+    return b"\n".join(orjson.dumps(r) for r in records)
+
+
+def _answers(store: Store, batch: pa.RecordBatch, *, group: bool, kind: str = "predictions") -> tuple[Any, ...]:
     if group:
-        (result,) = store.ingest_group("predictions", [(batch, batch.num_rows)], defer_rollups=True).results
+        (result,) = store.ingest_group(kind, [(batch, batch.num_rows)], defer_rollups=True).results
     else:
-        result = store.ingest_batches("predictions", [batch])
+        result = store.ingest_batches(kind, [batch])
     rejects = [(r.row, r.error) for r in result.rejects]
-    return result.summary(), rejects, store.con.execute(ROWS).fetchall(), store.extra_columns()
+    rows = store.con.execute(ROWS if kind == "predictions" else LABEL_ROWS).fetchall()
+    return result.summary(), rejects, rows, store.extra_columns()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -91,6 +111,20 @@ def test_a_group_commit_answers_and_stores_what_the_validation_sql_does(body: by
         assert answers == _answers(filed, parsed.batch, group=False)
         holds = clean_predictions(parsed.batch, answers[3]) is not None
         event("the proof holds" if holds else "the proof fails")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first=_label_bodies(), second=_label_bodies())
+def test_a_group_commit_of_labels_answers_and_stores_what_the_validation_sql_does(first: bytes, second: bytes) -> None:
+    """Two commits, so that the second meets stored labels (revisions, duplicates) too."""
+    with Store() as grouped, Store() as filed:
+        for body in (first, second):
+            parsed = parse_body(body, NDJSON, "labels", 1000)
+            if parsed.batch is None:
+                continue
+            answers = _answers(grouped, parsed.batch, group=True, kind="labels")
+            assert answers == _answers(filed, parsed.batch, group=False, kind="labels")
+            event("the proof holds" if clean_labels(parsed.batch) is not None else "the proof fails")
 
 
 def test_typical_requests_take_the_proof_and_odd_ones_do_not() -> None:
@@ -125,3 +159,21 @@ def test_typical_requests_take_the_proof_and_odd_ones_do_not() -> None:
     for why, change in doubtful.items():
         assert proof(**change) is None, why
     assert clean_predictions(parse_body(orjson.dumps(good), NDJSON, "predictions", 10).batch, {}) is None  # new column
+    assert proof(y_true=1.0) is None  # a prediction with a y_true: that field is validated too
+
+
+def test_typical_labels_take_the_proof_and_odd_ones_do_not() -> None:
+    def proof(**record: Any) -> pa.RecordBatch | None:
+        body = orjson.dumps({"prediction_id": "p1", "y_true": 2.5, **record})
+        return clean_labels(parse_body(body, NDJSON, "labels", 10).batch)
+
+    clean = proof(label_ts="2026-11-27T10:00:00Z")
+    assert clean is not None and clean.schema.names == ["prediction_id", "y_true", "label_ts", "_row"]
+    assert proof() is not None and proof()["label_ts"].null_count == 1  # no label time: null, as normalize
+    for why, record in {
+        "blank id": {"prediction_id": "\t"},
+        "y_true missing": {"y_true": None},
+        "y_true as text": {"y_true": "2.5"},
+        "label_ts the text parser would read": {"label_ts": "yesterday"},
+    }.items():
+        assert proof(**record) is None, why

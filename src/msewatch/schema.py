@@ -33,6 +33,7 @@ __all__ = [
     "ColumnMap",
     "Kind",
     "check_required",
+    "clean_labels",
     "clean_predictions",
     "normalize",
     "required_columns",
@@ -338,25 +339,18 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
     names = batch.schema.names
     if any(n not in names for n in ("prediction_id", "ts", "y_pred")) or batch.num_rows == 0:
         return None
+    if "y_true" in names or "label_ts" in names:  # validated too, though predictions do not keep them
+        return None
     contract = {"prediction_id", "ts", "model", "version", "y_pred", "y_true", "label_ts"}
     wanted = [n for n in names if not n.startswith("_") and n not in contract]
     if set(wanted) != set(extras) or any(n.casefold() in contract for n in wanted):
         return None
     out: dict[str, pa.Array] = {}
-    pid = batch.column("prediction_id")
-    if not _is_text(pid) or pid.null_count or not _fits(pid, MAX_ID_LENGTH):
+    pid = _clean_ids(batch.column("prediction_id"))
+    ts = _arrow_timestamp(batch.column("ts"), nulls=False)
+    if pid is None or ts is None:
         return None
-    # blank ids sort before '!' (white space, control characters): none may
-    if pc.less(pc.min(pid), pa.scalar("!", pid.type)).as_py() or pc.any(pc.match_substring(pid, "\x00")).as_py():
-        return None
-    out["prediction_id"] = pid.cast(pa.string())
-    ts = _arrow_timestamp(batch.column("ts"))
-    if ts is None:
-        return None
-    low, high = pc.min_max(ts).values()
-    if low.as_py() < _ARROW_TS_MIN or high.as_py() > _ARROW_TS_MAX:
-        return None
-    out["ts"] = ts
+    out["prediction_id"], out["ts"] = pid, ts
     for name, default in (("model", DEFAULT_MODEL), ("version", DEFAULT_VERSION)):
         if name not in names:
             out[name] = pa.array([default] * batch.num_rows, pa.string())
@@ -386,19 +380,54 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
     return pa.RecordBatch.from_pydict(out)
 
 
-def _arrow_timestamp(column: pa.Array) -> pa.Array | None:
-    """A UTC time column, or epoch seconds rounded to the millisecond as `_epoch_to_timestamp`
-    does; None when a value is missing or would need the text parser."""
-    if pa.types.is_timestamp(column.type) and column.type.tz == "UTC" and not column.null_count:
-        return column.cast(pa.timestamp("us", "UTC"))
-    seconds = _finite_floats(column, nulls=False)
-    if seconds is None:
+def clean_labels(batch: pa.RecordBatch) -> pa.RecordBatch | None:
+    """`prediction_id, y_true, label_ts, _row` as `normalize` would make them of a batch of
+    labels, when every row certainly passes its checks; else None (see `clean_predictions`)."""
+    names = batch.schema.names
+    if any(n not in names for n in ("prediction_id", "y_true", "_row")) or batch.num_rows == 0:
         return None
-    low, high = pc.min_max(seconds).values()
-    if low.as_py() < _EPOCH_MIN or high.as_py() > _EPOCH_MAX:
+    pid = _clean_ids(batch.column("prediction_id"))
+    y_true = _finite_floats(batch.column("y_true"), nulls=False)
+    label_ts = batch.column("label_ts") if "label_ts" in names else pa.nulls(batch.num_rows)
+    label_ts = _arrow_timestamp(label_ts, nulls=True)
+    if pid is None or y_true is None or label_ts is None:
         return None
-    millis = pc.round(pc.multiply(seconds, 1000.0), round_mode="half_towards_infinity").cast(pa.int64())
-    return millis.cast(pa.timestamp("ms", "UTC")).cast(pa.timestamp("us", "UTC"))
+    rows = batch.column("_row").cast(pa.int64())
+    return pa.RecordBatch.from_pydict({"prediction_id": pid, "y_true": y_true, "label_ts": label_ts, "_row": rows})
+
+
+def _clean_ids(pid: pa.Array) -> pa.Array | None:
+    """Text ids that are certainly not blank, too long or holding NUL; else None."""
+    if not _is_text(pid) or pid.null_count or not _fits(pid, MAX_ID_LENGTH):
+        return None
+    # blank ids sort before '!' (white space, control characters): none may
+    if pc.less(pc.min(pid), pa.scalar("!", pid.type)).as_py() or pc.any(pc.match_substring(pid, "\x00")).as_py():
+        return None
+    return pid.cast(pa.string())
+
+
+def _arrow_timestamp(column: pa.Array, *, nulls: bool) -> pa.Array | None:
+    """UTC times in the years 1 to 9999: typed ones, or epoch seconds rounded to the millisecond
+    as `_epoch_to_timestamp` does; None when a value is missing (unless `nulls`) or would need
+    the text parser."""
+    utc = pa.timestamp("us", "UTC")
+    if column.null_count == len(column):  # also a field no record had (a column of nulls)
+        return pa.nulls(len(column), utc) if nulls else None
+    if column.null_count and not nulls:
+        return None
+    if pa.types.is_timestamp(column.type) and column.type.tz == "UTC":
+        stamp = column.cast(utc)
+    else:
+        seconds = _finite_floats(column, nulls=nulls)
+        if seconds is None:
+            return None
+        low, high = pc.min_max(seconds).values()
+        if low.as_py() < _EPOCH_MIN or high.as_py() > _EPOCH_MAX:
+            return None
+        millis = pc.round(pc.multiply(seconds, 1000.0), round_mode="half_towards_infinity").cast(pa.int64())
+        stamp = millis.cast(pa.timestamp("ms", "UTC")).cast(utc)
+    low, high = pc.min_max(stamp).values()
+    return stamp if _ARROW_TS_MIN <= low.as_py() and high.as_py() <= _ARROW_TS_MAX else None
 
 
 def _is_text(column: pa.Array) -> bool:

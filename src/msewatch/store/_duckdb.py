@@ -39,6 +39,7 @@ from msewatch.schema import (
     ColumnMap,
     Kind,
     check_required,
+    clean_labels,
     clean_predictions,
     normalize,
     required_columns,
@@ -783,9 +784,13 @@ class _Stage:
             if dropped:
                 self.ignored.update(dict.fromkeys(dropped))
                 batch = batch.drop_columns(dropped)
-        # every row provably good (the usual request): inserted as it is, without the validation SQL
+        # every row provably good (the usual request): no validation SQL (its planning is the cost)
         plain = self.columns == ColumnMap() and self.default_model is None and self.default_version is None
-        clean = clean_predictions(batch, self.extras) if direct and plain else None
+        clean = None
+        if direct and plain:
+            clean = clean_predictions(batch, self.extras)
+        elif self.kind == "labels" and plain and self.store._starts and not self.created:  # a group commit
+            clean = clean_labels(batch)
         sql, errors_sql = self._sql(batch.schema) if clean is None else ("", "")
         con = self.store.con
         con.register("_batch", batch if clean is None else clean)
@@ -800,6 +805,10 @@ class _Stage:
                 self.inserted = int(inserted[0][0]) if inserted else 0
                 self.created = True
                 n_bad = batch.num_rows - self.inserted
+            elif clean is not None:  # labels: staged as they are, every row good
+                con.execute("CREATE TEMP TABLE _stage AS SELECT *, true AS _ok FROM _batch")
+                self.created = True
+                n_bad = 0
             else:
                 if not self.created:  # one statement: planning the validation SQL is its fixed cost
                     con.execute(f"CREATE TEMP TABLE _stage AS {sql}")
