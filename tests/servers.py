@@ -109,14 +109,20 @@ class ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._close_log()
+        stop_process(self.proc, getattr(self, "_log", None), wait=30)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, log: Any = None, wait: float = 20.0) -> None:
+    """SIGTERM, SIGKILL if it has not exited after `wait` seconds, then close its log file."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if log is not None and not log.closed:
+        log.close()
 
 
 def require_binary(name: str, reason: str) -> str:
@@ -212,13 +218,4 @@ class Prometheus:
         return result[0]["value"] if result else None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        log = getattr(self, "_log", None)
-        if log is not None:
-            log.close()
+        stop_process(self.proc, getattr(self, "_log", None))

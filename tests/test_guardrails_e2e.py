@@ -27,7 +27,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -44,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import Run, assert_usage_error, run_cli
-from servers import ServerProcess, free_port, require_binary
+from servers import ServerProcess, free_port, require_binary, stop_process
 
 UTC = dt.UTC
 DAY = 86400
@@ -666,16 +665,7 @@ receivers:
         return r.json()
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
+        stop_process(self.proc, getattr(self, "_log", None), wait=10)
 
 
 def check_annotations(annotations: dict[str, str]) -> None:

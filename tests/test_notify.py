@@ -27,7 +27,7 @@ from typing import Any, Self
 
 import httpx
 import pytest
-from servers import free_port, require_binary
+from servers import free_port, require_binary, stop_process
 
 from msewatch.monitor.alerts import Alert, fingerprint
 from msewatch.monitor.config import AlertingConfig, Maintenance, Notifier, Silence
@@ -551,16 +551,7 @@ receivers:
         return r.json()
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        log = getattr(self, "_log", None)
-        if log is not None:
-            log.close()
+        stop_process(self.proc, getattr(self, "_log", None), wait=10)
 
 
 def eventually(check: Callable[[], Any], what: str, deadline: float = AM_DEADLINE) -> Any:

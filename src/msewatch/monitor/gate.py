@@ -353,13 +353,13 @@ class EngineTable:
     @classmethod
     def of(cls, engine: Any, *, table: str | None = None, path: str | os.PathLike[str] | None = None,
            role: str = "input") -> EngineTable:
-        from msewatch.engines import _read_file, _table
+        from msewatch.engines import engine_table, read_file
 
         if table is not None:
-            return cls(_table(engine, table, role), table, "table")
+            return cls(engine_table(engine, table, role), table, "table")
         if path is None:
             raise InputError(f"the {role}: give a table or a path.")
-        return cls(_read_file(engine, str(path)), str(path), "file")
+        return cls(read_file(engine, str(path)), str(path), "file")
 
 
 Source = str | os.PathLike[str] | EngineTable
@@ -441,7 +441,7 @@ def _read_engine(engine: Any, source: EngineTable, role: str, columns: ColumnMap
     """`_read` of a table in an engine, with portable checks: contract names, float64 values,
     UTC times, cohorts as text, `_ok`, a coarse `_error`, and `_row` numbering the rows by
     (ts, prediction_id) — labels by (label_ts, prediction_id, revision) — as a table has no order."""
-    from msewatch.engines import UTC, _finite
+    from msewatch.engines import UTC, finite
 
     raw = source.table
     names = columns.source_names()
@@ -458,7 +458,7 @@ def _read_engine(engine: Any, source: EngineTable, role: str, columns: ColumnMap
         if key in ("y_pred", "y_true"):
             number = value.cast("float64") if value.type().is_numeric() else value.try_cast("float64")
             out[key] = number
-            checks.append((~_finite(number), f"{key} is null or not finite"))
+            checks.append((~finite(number), f"{key} is null or not finite"))
         elif key in ("ts", "label_ts"):
             typ = value.type()
             if typ.is_timestamp() or typ.is_date():
