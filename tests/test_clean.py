@@ -100,7 +100,7 @@ def _answers(store: Store, batch: pa.RecordBatch, *, group: bool, kind: str = "p
     return result.summary(), rejects, rows, store.extra_columns()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=_bodies())
 def test_a_group_commit_answers_and_stores_what_the_validation_sql_does(body: bytes) -> None:
     parsed = parse_body(body, NDJSON, "predictions", 1000)
@@ -113,7 +113,7 @@ def test_a_group_commit_answers_and_stores_what_the_validation_sql_does(body: by
         event("the proof holds" if holds else "the proof fails")
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(first=_label_bodies(), second=_label_bodies())
 def test_a_group_commit_of_labels_answers_and_stores_what_the_validation_sql_does(first: bytes, second: bytes) -> None:
     """Two commits, so that the second meets stored labels (revisions, duplicates) too."""
