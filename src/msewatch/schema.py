@@ -53,10 +53,10 @@ DEFAULT_VERSION = "default"
 # epoch seconds accepted as timestamps: years 1 to 9999
 _EPOCH_MIN = -62_135_596_800.0
 _EPOCH_MAX = 253_402_300_799.0
-_TS_MIN = ibis.literal(datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc)).cast(UTC)
-_TS_MAX = ibis.literal(
-    datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc)
-).cast(UTC)
+_FIRST_TIME = datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc)
+_LAST_TIME = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc)
+_TS_MIN = ibis.literal(_FIRST_TIME).cast(UTC)
+_TS_MAX = ibis.literal(_LAST_TIME).cast(UTC)
 
 
 @dataclass(frozen=True)
@@ -322,10 +322,6 @@ def _timestamp(
     return stamp, checks
 
 
-_ARROW_TS_MIN = datetime.datetime(1, 1, 1, tzinfo=datetime.timezone.utc)
-_ARROW_TS_MAX = datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.timezone.utc)
-
-
 def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.RecordBatch | None:
     """The rows `normalize` would make of `batch` (predictions, contract names), when every one
     of them certainly passes its checks; else None.
@@ -341,7 +337,7 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
         return None
     if "y_true" in names or "label_ts" in names:  # validated too, though predictions do not keep them
         return None
-    contract = {"prediction_id", "ts", "model", "version", "y_pred", "y_true", "label_ts"}
+    contract = set(ColumnMap().source_names())
     wanted = [n for n in names if not n.startswith("_") and n not in contract]
     if set(wanted) != set(extras) or any(n.casefold() in contract for n in wanted):
         return None
@@ -366,17 +362,19 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
     if y_pred is None:
         return None
     out["y_pred"] = y_pred
-    for name in extras:
+    for name, kind in extras.items():
         column = batch.column(name)
         if pa.types.is_null(column.type):
-            column = column.cast(pa.float64() if extras[name] == "feature" else pa.string())
-        if extras[name] == "feature":
+            column = column.cast(pa.float64() if kind == "feature" else pa.string())
+        if kind == "feature":
             column = _finite_floats(column, nulls=True)
-        elif not _is_text(column) or not _fits(column, MAX_STRING_LENGTH):
+        elif _is_text(column) and _fits(column, MAX_STRING_LENGTH):
+            column = column.cast(pa.string())
+        else:
             column = None
         if column is None:
             return None
-        out[name] = column.cast(pa.string()) if extras[name] == "segment" else column
+        out[name] = column
     return pa.RecordBatch.from_pydict(out)
 
 
@@ -427,7 +425,7 @@ def _arrow_timestamp(column: pa.Array, *, nulls: bool) -> pa.Array | None:
         millis = pc.round(pc.multiply(seconds, 1000.0), round_mode="half_towards_infinity").cast(pa.int64())
         stamp = millis.cast(pa.timestamp("ms", "UTC")).cast(utc)
     low, high = pc.min_max(stamp).values()
-    return stamp if _ARROW_TS_MIN <= low.as_py() and high.as_py() <= _ARROW_TS_MAX else None
+    return stamp if _FIRST_TIME <= low.as_py() and high.as_py() <= _LAST_TIME else None
 
 
 def _is_text(column: pa.Array) -> bool:
