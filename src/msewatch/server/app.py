@@ -227,7 +227,7 @@ def create_app(db: str, config: Config) -> Starlette:
         if unknown:
             return _error(400, f"unknown query parameter {sorted(unknown)[0]!r}")
         try:
-            return await run_in_threadpool(_evaluate, state.reads, q)
+            return await run_in_threadpool(_evaluate_applied, state, q)
         except InputError as exc:
             return _error(400, _as_parameters(str(exc)))
 
@@ -414,6 +414,14 @@ class _Timed:
 def _as_parameters(message: str) -> str:
     """An evaluation error in HTTP terms: `--huber-delta` becomes the parameter `huber_delta`."""
     return re.sub(r"--([a-z][a-z-]*)", lambda m: m.group(1).replace("-", "_"), message)
+
+
+def _evaluate_applied(state: _State, q: Any) -> Response:
+    """`_evaluate` once the tables hold every answered request (journal records apply in ms)."""
+    if state.committer is not None and not state.committer.applied(_SCRAPE_SETTLE):
+        log.warning("reading before the journal was applied (%.0f s)", _SCRAPE_SETTLE)
+    assert state.reads is not None
+    return _evaluate(state.reads, q)
 
 
 def _evaluate(store: Store, q: Any) -> Response:

@@ -1,10 +1,16 @@
-"""Group commit: one thread owns the store's writes; concurrent requests share transactions.
+"""Group commit: concurrent requests share one durable write, and one thread owns the store's.
 
-A request's records wait in a bounded queue (counted in rows). The commit thread takes every
-waiting request of one kind, up to `max_group_rows`, commits them in one DuckDB transaction
-and answers each with its own outcome; so under load a commit carries many requests and the
-per-commit cost (WAL flush, rollup refresh) is shared. A request is answered only after its
-transaction committed. When the queue is full, `submit` raises `Overloaded` (HTTP 429).
+A request's records wait in a bounded queue (counted in rows). The answer thread takes every
+waiting request of one kind, up to `max_group_rows`, as a group. When the group is provably
+all new and valid (`store._fast_path`), it is appended to the store's journal (fsync) and
+every request is answered: accepted. The apply thread then commits the journal's records to
+DuckDB's tables in order, so a checkpoint that holds up DuckDB's commits does not hold up the
+answers. Any other group (a re-sent id, a doubtful value, shadow rows) waits until the records
+before it are applied and is committed by the apply thread as one transaction, with each
+request answered by its own outcome. Either way a request is answered only once its rows are
+on disk. Rows wait, counted against the queue's bound, until they are in the tables; when
+the queue is full, `submit` raises `Overloaded` (HTTP 429). A store in memory has no journal:
+every group takes the second way.
 
 A commit holds the rows only. The rollups, `waiting_labels` and the /metrics counters follow in
 a step (`Store.apply_pending`) that a second thread runs on its own connection for many commits
@@ -15,8 +21,9 @@ monitor and a /metrics scrape see every answered request. Committed rows are dur
 way: after a crash, opening the store folds in what the last step had not.
 
 If a group fails as a whole, each of its requests is retried alone, so one request that trips
-the engine cannot fail the others. `close()` stops taking requests, commits what is queued,
-then closes the store (SIGTERM drains this way). With a lake sink, each commit is counted to
+the engine cannot fail the others. A journal record that fails to apply is retried (it was
+answered for; a restart applies it too). `close()` stops taking requests, answers and applies
+what is queued, then closes the store (SIGTERM drains this way). With a lake sink, each commit is counted to
 it and its final export runs after the last commit, before the store closes.
 """
 
@@ -29,6 +36,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from msewatch.config import Config
@@ -37,6 +45,7 @@ from msewatch.schema import ColumnMap, Kind
 from msewatch.server.exposition import QualityCollector
 from msewatch.server.sink import LakeSink
 from msewatch.store import IngestResult, Store
+from msewatch.store._fast_path import FastPath
 
 __all__ = ["Committer", "Overloaded", "ShuttingDown"]
 
@@ -65,6 +74,24 @@ class _Pending:
     future: Future[IngestResult] = field(default_factory=Future)
 
 
+@dataclass
+class _Record:
+    """A journaled group, answered, for the apply thread."""
+
+    seq: int
+    kind: Kind
+    batch: pa.RecordBatch
+
+
+@dataclass
+class _Exact:
+    """A group for the exact path: the apply thread commits it and answers its requests."""
+
+    group: list[_Pending]
+    done: threading.Event = field(default_factory=threading.Event)
+    hashes: list[np.ndarray] = field(default_factory=list)  # of the ids it stored
+
+
 class Committer:
     def __init__(self, store: Store, config: Config, collector: QualityCollector, sink: LakeSink | None = None) -> None:
         self.store = store
@@ -83,31 +110,40 @@ class Committer:
         self._settle_wanted = False
         self._step_not_before = 0.0  # after a failed step: no retry before this
         self._step_failing = False  # the last step failed: readers do not wait for the next
-        self._committing = 0  # rows of the group being committed (still in _pending_rows)
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._pending_rows = 0
+        self._queued_rows = 0  # rows in `_queue`
+        self._pending_rows = 0  # rows queued, or answered or taken but not in the tables yet
+        self._applying: collections.deque[_Record | _Exact] = collections.deque()
+        self._answered_seq = self._applied_seq = 0  # journal records answered for / in the tables
         self._cond = threading.Condition()
         self._closing = False
+        self._answers_done = False
         self._known = dict(store.extra_columns())
         self.commits = 0
+        self.journal = store.open_journal()
+        if self.journal is not None:
+            self._answered_seq = self._applied_seq = self.journal.last_seq
+        self.fast = FastPath(store.id_hashes("predictions"), store.id_hashes("labels")) if self.journal else None
         self._rollup_store = store.reader()  # the step's own connection (and its own transaction)
         self._commits_done = False
-        self._thread = threading.Thread(target=self._run, name="msewatch-commit", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="msewatch-answer", daemon=True)
+        self._apply_thread = threading.Thread(target=self._run_apply, name="msewatch-apply", daemon=True)
         self._step_thread = threading.Thread(target=self._run_steps, name="msewatch-rollups", daemon=True)
         self._thread.start()
+        self._apply_thread.start()
         self._step_thread.start()
 
     @property
     def pending_rows(self) -> int:
-        """Rows queued or being committed."""
+        """Rows queued, or answered but not in the tables yet."""
         return self._pending_rows
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closing
+        return self._thread.is_alive() and self._apply_thread.is_alive() and not self._closing
 
     def submit(self, kind: Kind, batch: pa.RecordBatch, count: int) -> Future[IngestResult]:
-        """Queue a request's records; the future resolves once they are committed."""
+        """Queue a request's records; the future resolves once they are on disk."""
         with self._cond:
             if self._closing:
                 raise ShuttingDown()
@@ -115,17 +151,35 @@ class Committer:
                 raise Overloaded()
             item = _Pending(kind, batch, count)
             self._queue.append(item)
+            self._queued_rows += batch.num_rows
             self._pending_rows += batch.num_rows
-            self._cond.notify_all()  # the commit thread, the rollup thread and settle() share it
+            self._cond.notify_all()  # the answer, apply and rollup threads and settle() share it
         return item.future
 
+    def applied(self, timeout: float = 30.0) -> bool:
+        """Wait until the tables hold every request answered so far; False on timeout.
+
+        For readers of the tables (/v1/metrics): an answered request shows.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._answered_seq
+            while self._applied_seq < target and self._apply_thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._applied_seq >= target
+
     def settle(self, timeout: float = 30.0) -> bool:
-        """Wait until every commit answered so far is in the rollups and counters; False on timeout.
+        """Wait until every request answered so far is in the rollups and counters; False on timeout.
 
         For readers of the rollups (dashboard, monitor, /metrics): an answered request shows.
         While steps fail (logged, retried), readers get what the rollups hold without waiting.
         """
         deadline = time.monotonic() + timeout
+        if not self.applied(timeout):
+            return False
         with self._cond:
             target = self.commits
             while self._applied_commits < target and self._step_thread.is_alive() and not self._step_failing:
@@ -160,41 +214,152 @@ class Committer:
         return drop
 
     def close(self) -> None:
-        """Commit what is queued, fold it into the rollups, then close the store."""
+        """Answer and apply what is queued, fold it into the rollups, then close the store."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join()  # a group is bounded by max_group_rows, so this ends
+        self._apply_thread.join()  # after the last answer: every record is in the tables
         self._step_thread.join()  # after the last commit: its last step folds in everything
+        if self.journal is not None:
+            self.journal.applied(self._applied_seq)
+            self.journal.close(all_applied=self._applied_seq == self._answered_seq)
+        if self.fast is not None:
+            self.fast.close()
         self._rollup_store.close()
         if self.sink is not None:
             self.sink.close()
         self.store.close()
 
-    # -- the commit thread --------------------------------------------------------------------------
+    # -- the answer thread --------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
                     self._cond.wait()
                 if not self._queue and self._closing:
-                    self._commits_done = True
+                    self._answers_done = True
                     self._cond.notify_all()
                     return
-                # commit delay: clients answered by the last commit are sending their next
-                # request; waiting a few ms lets them share this commit (PostgreSQL's commit_delay)
+                # commit delay: clients answered by the last group are sending their next
+                # request; waiting a few ms lets them share this one (PostgreSQL's commit_delay)
                 deadline = time.monotonic() + self.delay
-                while not self._closing and self._pending_rows - self._committing < self.max_group:
+                while not self._closing and self._queued_rows < self.max_group:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
                 group = self._take()
-                self._committing = sum(p.batch.num_rows for p in group)
-            self._commit(group)
+                self._queued_rows -= sum(p.batch.num_rows for p in group)
+            if not self._journal_group(group):
+                self._exact(group)
+
+    def _journal_group(self, group: list[_Pending]) -> bool:
+        """Answer a provably new group from the journal; False when it needs the exact path."""
+        kind = group[0].kind
+        if self.fast is None or self.journal is None or kind == "shadow":
+            return False
+        try:
+            clean = self.fast.admit(kind, [p.batch for p in group], self._known)
+        except Exception:
+            log.exception("checking a group for the journal failed; it takes the exact path")
+            return False
+        if clean is None:
+            return False
+        try:
+            seq = self.journal.append(kind, clean)
+        except Exception as exc:  # nothing of it is stored (its ids stay marked: harmless)
+            log.exception("writing the journal failed")
             with self._cond:
-                self._pending_rows -= self._committing
-                self._committing = 0
+                self._pending_rows -= clean.num_rows
+            for item in group:
+                _fail(item, exc)
+            return True
+        with self._cond:
+            self._answered_seq = seq
+            self._applying.append(_Record(seq, kind, clean))
+            self._cond.notify_all()
+        try:
+            for item in group:
+                self.collector.observe_ingest(kind, item.batch.num_rows, 0, [])
+        except Exception:
+            log.exception("updating /metrics failed")
+        for item in group:
+            item.future.set_result(IngestResult(accepted=item.batch.num_rows))
+        return True
+
+    def _exact(self, group: list[_Pending]) -> None:
+        """Have the apply thread commit the group after the records before it; wait for that."""
+        exact = _Exact(group)
+        with self._cond:
+            self._applying.append(exact)
+            self._cond.notify_all()
+        while not exact.done.wait(1.0):
+            if not self._apply_thread.is_alive():
+                for item in group:
+                    _fail(item, RuntimeError("the apply thread stopped"))
+                return
+        if self.fast is not None:
+            for hashes in exact.hashes:
+                self.fast.taken(group[0].kind, hashes)
+
+    # -- the apply thread ---------------------------------------------------------------------------
+    def _run_apply(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._applying and not self._answers_done:
+                        self._cond.wait()
+                    if not self._applying:
+                        return
+                    first = self._applying.popleft()
+                    records: list[_Record] = []
+                    if isinstance(first, _Record):  # consecutive records of a kind: one transaction
+                        records.append(first)
+                        rows = first.batch.num_rows
+                        while (self._applying and isinstance(self._applying[0], _Record)
+                               and self._applying[0].kind == first.kind and rows < self.max_group):
+                            nxt = self._applying.popleft()
+                            assert isinstance(nxt, _Record)
+                            records.append(nxt)
+                            rows += nxt.batch.num_rows
+                if isinstance(first, _Exact):
+                    self._commit(first.group, first.hashes)
+                    rows = sum(p.batch.num_rows for p in first.group)
+                    with self._cond:
+                        self._pending_rows -= rows
+                    first.done.set()
+                else:
+                    self._apply_records(records)
+        finally:
+            with self._cond:
+                self._commits_done = True
+                self._cond.notify_all()
+
+    def _apply_records(self, records: list[_Record]) -> None:
+        """Commit journal records to the tables; retried until it works (they were answered for)."""
+        kind, rows, last = records[0].kind, sum(r.batch.num_rows for r in records), records[-1].seq
+        while True:
+            try:
+                outcome = self.store.ingest_group(
+                    kind, [(r.batch, r.batch.num_rows) for r in records],
+                    pair_columns=self.config.metrics.segments, defer_rollups=True, journal_seq=last,
+                )
+                break
+            except Exception:
+                log.exception("applying journal records %d-%d failed; retrying in %.0f s", records[0].seq, last, _STEP_RETRY)
+                time.sleep(_STEP_RETRY)
+        accepted = sum(r.accepted for r in outcome.results)
+        if accepted != rows:  # the answer said every row is accepted
+            log.error("journal records %d-%d: %d of %d rows applied, though all were answered as accepted",
+                      records[0].seq, last, accepted, rows)
+        self._committed(kind, accepted)
+        with self._cond:
+            self._applied_seq = last
+            self._pending_rows -= rows
+            self._cond.notify_all()
+        assert self.journal is not None
+        self.journal.applied(last)
 
     # -- the rollup thread --------------------------------------------------------------------------
     def _run_steps(self) -> None:
@@ -270,9 +435,9 @@ class Committer:
         self._queue.extendleft(reversed(kept))
         return group
 
-    def _commit(self, group: list[_Pending]) -> None:
+    def _commit(self, group: list[_Pending], hashes: list[np.ndarray]) -> None:
         try:
-            self._commit_group(group)
+            self._commit_group(group, hashes)
         except Exception as exc:
             if len(group) == 1:
                 log.exception("commit failed")
@@ -281,22 +446,37 @@ class Committer:
             log.warning("a group commit of %d requests failed (%s); committing them one by one", len(group), exc)
             for item in group:
                 try:
-                    self._commit_group([item])
+                    self._commit_group([item], hashes)
                 except Exception as one:
                     log.exception("commit failed")
                     _fail(item, one)
 
-    def _commit_group(self, group: list[_Pending]) -> None:
+    def _commit_group(self, group: list[_Pending], hashes: list[np.ndarray]) -> None:
         kind = group[0].kind
         outcome = self.store.ingest_group(
             kind, [(p.batch, p.count) for p in group], pair_columns=self.config.metrics.segments,
             defer_rollups=True,
         )
+        accepted = sum(r.accepted for r in outcome.results)
+        if self.fast is not None and kind != "shadow" and accepted and self.store.last_stamp is not None:
+            hashes.append(self.store.id_hashes(kind, self.store.last_stamp))
+        self._committed(kind, accepted, outcome.shadow)
+        try:
+            for result in outcome.results:
+                self.collector.observe_ingest(kind, result.accepted, result.duplicates, [r.error for r in result.rejects])
+        except Exception:
+            log.exception("updating /metrics failed")
+        for item, result in zip(group, outcome.results):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    def _committed(self, kind: Kind, accepted: int, shadow: pa.Table | None = None) -> None:
+        """After a commit: wake the rollup step, tell the sink, learn new columns."""
+        for_rollups = accepted if kind != "shadow" else 0
         with self._cond:
             self.commits += 1
-            accepted = sum(r.accepted for r in outcome.results) if kind != "shadow" else 0
-            if accepted:
-                self._committed_rows += accepted
+            if for_rollups:
+                self._committed_rows += for_rollups
                 wake = self._unapplied_since is None or self._settle_wanted or \
                     self._committed_rows - self._applied_rows >= self.rollup_rows
                 if self._unapplied_since is None:
@@ -306,19 +486,16 @@ class Committer:
             elif self._unapplied_since is None:  # nothing for the rollups, and nothing before it
                 self._applied_commits = self.commits
         if self.sink is not None:
-            self.sink.notify(sum(r.accepted for r in outcome.results))
+            self.sink.notify(accepted)
         if kind == "predictions":
-            self._known = dict(self.store.extra_columns())
-        try:
-            if outcome.shadow is not None:  # never into the predictions or quality series
-                self.collector.observe_shadow(outcome.shadow)
-            for result in outcome.results:
-                self.collector.observe_ingest(kind, result.accepted, result.duplicates, [r.error for r in result.rejects])
-        except Exception:
-            log.exception("updating /metrics failed")
-        for item, result in zip(group, outcome.results):
-            if not item.future.done():
-                item.future.set_result(result)
+            known = dict(self.store.extra_columns())
+            with self._cond:
+                self._known = known
+        if shadow is not None:  # never into the predictions or quality series
+            try:
+                self.collector.observe_shadow(shadow)
+            except Exception:
+                log.exception("updating /metrics failed")
 
 
 def _fail(item: _Pending, exc: BaseException) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import duckdb
 import ibis
+import numpy as np
 import ibis.expr.types as ir
 import orjson
 import pyarrow as pa
@@ -45,6 +46,7 @@ from msewatch.schema import (
     required_columns,
 )
 from msewatch.store import _pending
+from msewatch.store._journal import Journal, Record, journal_files, read_records
 from msewatch.store import _rollups as rollups
 
 __all__ = ["GroupIngest", "IngestResult", "Reject", "Store", "default_db_path"]
@@ -99,6 +101,7 @@ CREATE TABLE IF NOT EXISTS ingest_log (
     started_at TIMESTAMPTZ NOT NULL,
     finished_at TIMESTAMPTZ NOT NULL
 );
+CREATE TABLE IF NOT EXISTS journal_applied (seq BIGINT NOT NULL);  -- see store/_journal.py
 """
 
 
@@ -167,6 +170,11 @@ class Store:
         self.path = str(path)
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"{self.path}: no such store; create it with `msewatch ingest`.")
+        if read_only and journal_files(self.path):  # answered rows a stopped server left to apply
+            try:
+                Store(self.path).close()
+            except StoreLockedError:
+                pass  # the running server applies them
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
@@ -186,13 +194,21 @@ class Store:
                 self.con.execute(_DDL)
                 self._migrate_waiting_labels()
                 self._migrate_rollups()
-                self.apply_pending()  # rows a server committed but stopped before folding in
             except duckdb.Error as exc:  # e.g. a store written by hand with repeated ids
                 self.con.close()
                 raise StoreError(
                     f"{self.path}: cannot prepare the store's tables ({str(exc).splitlines()[0]})."
                 ) from exc
         self._attach(self.con)
+        if not read_only:
+            try:
+                self._replay_journal()  # rows a server answered for but stopped before applying
+                self.apply_pending()  # rows a server committed but stopped before folding in
+            except duckdb.Error as exc:
+                self.con.close()
+                raise StoreError(
+                    f"{self.path}: cannot apply the store's journal ({str(exc).splitlines()[0]})."
+                ) from exc
 
     def _migrate_waiting_labels(self) -> None:
         """`waiting_labels`: the ids that have a label but no prediction yet.
@@ -287,6 +303,52 @@ class Store:
         self._cautious_commits = 0  # group commits left that check conflicts (after a re-sent id)
         # compiled validation SQL by input shape: many small requests share a few shapes
         self._normalize_sql: dict[tuple[Any, ...], tuple[str, str]] = {}
+
+    # -- the journal (see store/_journal.py) ---------------------------------------------------------
+    def journal_applied(self) -> int:
+        """The sequence number of the last journal record the tables hold (0: none)."""
+        row = self.con.execute("SELECT max(seq) FROM journal_applied").fetchall()
+        return int(row[0][0] or 0)
+
+    def _replay_journal(self) -> None:
+        if self.path == ":memory:" or not journal_files(self.path):
+            return
+        applied = self.journal_applied()
+        group: list[Record] = []
+
+        def flush() -> None:
+            if group:
+                self.ingest_group(group[0].kind, [(r.batch, r.batch.num_rows) for r in group],
+                                  defer_rollups=True, journal_seq=group[-1].seq)
+                group.clear()
+
+        for record in read_records(self.path, after=applied):
+            if group and (record.kind != group[0].kind or sum(r.batch.num_rows for r in group) >= 100_000):
+                flush()
+            group.append(record)
+        flush()
+        for file in journal_files(self.path):  # every record is in the tables now
+            file.unlink()
+
+    def open_journal(self) -> Journal | None:
+        """A journal for this store's answered groups (None for a store in memory)."""
+        if self.path == ":memory:":
+            return None
+        self._replay_journal()  # none left unless someone wrote one since this store opened
+        return Journal(self.path, self.journal_applied() + 1)
+
+    def id_hashes(self, kind: Kind, stamp: dt.datetime | None = None) -> np.ndarray:
+        """DuckDB's hash of every stored prediction or label id; with `stamp`, of one commit's only."""
+        table = {"predictions": "predictions", "labels": "labels"}[kind]
+        where = "WHERE ingested_at = ?" if stamp is not None else ""
+        return self.con.execute(
+            f"SELECT hash(prediction_id) AS h FROM {table} {where}", [stamp] if stamp is not None else []
+        ).fetchnumpy()["h"]
+
+    @property
+    def last_stamp(self) -> dt.datetime | None:
+        """`ingested_at` of the last commit of this connection."""
+        return getattr(self, "_last_stamp", None)
 
     def reader(self) -> Store:
         """Another connection to the same open database, for reads beside the writer.
@@ -396,6 +458,7 @@ class Store:
         source: str = "http",
         pair_columns: Sequence[str] | None = None,
         defer_rollups: bool = False,
+        journal_seq: int | None = None,
     ) -> GroupIngest:
         """Commit several requests in one transaction (group commit) and split the outcome.
 
@@ -404,6 +467,7 @@ class Store:
         group is reported to the later one as already stored, as it would be one commit later.
         With `pair_columns`, also return the newly labeled pairs (see `GroupIngest`). With
         `defer_rollups` the commit holds the rows only; `apply_pending` folds them in later.
+        `journal_seq`: the group is that journal record (and those before it), applied.
         """
         starts: list[int] = []
         batches: list[pa.RecordBatch] = []
@@ -426,7 +490,7 @@ class Store:
                 total = IngestResult(duplicate_rows=[])
                 try:
                     self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts,
-                                 defer_rollups=defer_rollups, optimistic=optimistic)
+                                 defer_rollups=defer_rollups, optimistic=optimistic, journal_seq=journal_seq)
                     break
                 except duckdb.ConstraintException:
                     if not optimistic:
@@ -460,6 +524,7 @@ class Store:
         starts: Sequence[int] = (),
         defer_rollups: bool = False,
         optimistic: bool = False,
+        journal_seq: int | None = None,
     ) -> IngestResult:
         if kind not in ("predictions", "labels", "shadow"):
             raise ValueError(f"kind must be 'predictions', 'labels' or 'shadow'; got {kind!r}")
@@ -496,6 +561,8 @@ class Store:
                 "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [kind, source, result.accepted, result.duplicates, result.rejected, started, _now()],
             )
+            if journal_seq is not None:
+                con.execute("DELETE FROM journal_applied; INSERT INTO journal_applied VALUES (?)", [journal_seq])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -1,0 +1,47 @@
+"""Which ids may already be stored: a set of 64-bit id hashes held in memory.
+
+The server answers a request before DuckDB's tables hold its rows (see `_journal`), so it
+cannot ask the tables whether an id is new without scanning them (DuckDB uses its id index
+for inserts, not for joins). This set holds the hash of every stored or journaled id, so
+"none of these hashes is in the set" proves a group new; a hit (a re-sent id, or rarely
+another id with the same hash) sends the group to the exact path through the tables. It
+may hold more than the stored ids, never fewer.
+
+Sorted runs of geometrically growing size, merged as a binary counter does: adding n
+hashes costs O(n log N) over time, a lookup one binary search per run. 8 bytes per id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["IdFilter"]
+
+
+class IdFilter:
+    def __init__(self, hashes: np.ndarray | None = None) -> None:
+        self._runs: list[np.ndarray] = []
+        if hashes is not None and len(hashes):
+            self.add(hashes)
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._runs)
+
+    def add(self, hashes: np.ndarray) -> None:
+        run = np.unique(np.asarray(hashes, dtype=np.uint64))
+        # merge while the newest run is at least half the size of the one before it
+        while self._runs and len(self._runs[-1]) <= 2 * len(run):
+            older = self._runs.pop()
+            run = np.concatenate([older, run])
+            run.sort(kind="stable")  # two sorted runs: timsort merges them in linear time
+        self._runs.append(run)
+
+    def any_of(self, hashes: np.ndarray) -> bool:
+        """Whether any of `hashes` may be in the set."""
+        probe = np.sort(np.asarray(hashes, dtype=np.uint64))
+        for run in self._runs:
+            i = np.searchsorted(run, probe)
+            i[i == len(run)] = 0
+            if len(run) and np.any(run[i] == probe):
+                return True
+        return False
