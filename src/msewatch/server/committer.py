@@ -112,7 +112,8 @@ class Committer:
         self._step_failing = False  # the last step failed: readers do not wait for the next
         self._queue: collections.deque[_Pending] = collections.deque()
         self._queued_rows = 0  # rows in `_queue`
-        self._pending_rows = 0  # rows queued, or answered or taken but not in the tables yet
+        self._pending_rows = 0  # rows queued or in the group being answered (bounded by max_pending)
+        self._unapplied_rows = 0  # rows answered from the journal, not in the tables yet (bounded too)
         self._applying: collections.deque[_Record | _Exact] = collections.deque()
         self._answered_seq = self._applied_seq = 0  # journal records answered for / in the tables
         self._cond = threading.Condition()
@@ -136,7 +137,7 @@ class Committer:
     @property
     def pending_rows(self) -> int:
         """Rows queued, or answered but not in the tables yet."""
-        return self._pending_rows
+        return self._pending_rows + self._unapplied_rows
 
     @property
     def alive(self) -> bool:
@@ -241,6 +242,10 @@ class Committer:
                     self._answers_done = True
                     self._cond.notify_all()
                     return
+                # the journal runs ahead of the tables by at most max_pending rows: past it the
+                # queue fills, and requests get 429 (the apply thread is the bottleneck)
+                while self._unapplied_rows >= self.max_pending and self._apply_thread.is_alive():
+                    self._cond.wait(1.0)
                 # commit delay: clients answered by the last group are sending their next
                 # request; waiting a few ms lets them share this one (PostgreSQL's commit_delay)
                 deadline = time.monotonic() + self.delay
@@ -278,6 +283,8 @@ class Committer:
         with self._cond:
             self._answered_seq = seq
             self._applying.append(_Record(seq, kind, clean))
+            self._pending_rows -= clean.num_rows
+            self._unapplied_rows += clean.num_rows
             self._cond.notify_all()
         try:
             for item in group:
@@ -356,7 +363,7 @@ class Committer:
         self._committed(kind, accepted)
         with self._cond:
             self._applied_seq = last
-            self._pending_rows -= rows
+            self._unapplied_rows -= rows
             self._cond.notify_all()
         assert self.journal is not None
         self.journal.applied(last)
