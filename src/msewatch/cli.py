@@ -381,11 +381,13 @@ def serve_command(db: str | None, config_path: str | None, host: str | None, por
     GET  /healthz, /readyz, /openapi.json
     The server owns the store file while it runs (DuckDB allows one writing process): query it
     with `msewatch eval --server URL`. With no tokens configured it listens on loopback only.
-    Concurrent requests share a commit ([server] commit_delay_ms, max_group_rows). The rollups
-    behind the dashboard, the monitor and /metrics follow the commits in a step that runs every
-    [server] rollup_delay_ms (1000) or once rollup_rows (100,000) wait; a scrape, a dashboard
-    load or a canary judgement runs it first, so it sees every answered request. /v1/metrics
-    reads the stored rows and never waits.
+    Concurrent requests share a commit ([server] commit_delay_ms, max_group_rows). A group of
+    valid rows with only new ids is answered once it is in the store's journal on disk
+    (<store>.journal-N) and applied to the tables right behind; any other group is committed
+    to the tables before it is answered. The rollups behind the dashboard, the monitor and
+    /metrics follow the commits in a step that runs every [server] rollup_delay_ms (1000) or
+    once rollup_rows (100,000) wait; a scrape, a dashboard load or a canary judgement runs it
+    first, so it sees every answered request. /v1/metrics waits for the journal only.
     SIGTERM or Ctrl-C: stops taking requests, commits what was accepted, exits.
     """
     from msewatch.config import load_config

@@ -78,8 +78,11 @@ class _State:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
-        queue = Gauge("msewatch_ingest_queue_rows", "Rows waiting for the commit thread.", registry=self.registry)
+        queue = Gauge("msewatch_ingest_queue_rows", "Rows waiting for their answer (queued or being committed).", registry=self.registry)
         queue.set_function(lambda: float(self.committer.pending_rows) if self.committer else 0.0)
+        behind = Gauge("msewatch_journal_unapplied_rows",
+                       "Rows answered from the journal that the store's tables do not hold yet.", registry=self.registry)
+        behind.set_function(lambda: float(self.committer.unapplied_rows) if self.committer else 0.0)
         self.store: Store | None = None
         self.reads: Store | None = None  # a connection kept for handing out read cursors
         self.committer: Committer | None = None

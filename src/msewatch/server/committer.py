@@ -136,8 +136,13 @@ class Committer:
 
     @property
     def pending_rows(self) -> int:
-        """Rows queued, or answered but not in the tables yet."""
-        return self._pending_rows + self._unapplied_rows
+        """Rows waiting for their answer."""
+        return self._pending_rows
+
+    @property
+    def unapplied_rows(self) -> int:
+        """Rows answered from the journal that the tables do not hold yet."""
+        return self._unapplied_rows
 
     @property
     def alive(self) -> bool:

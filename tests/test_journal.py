@@ -1,0 +1,166 @@
+"""The ingest journal and the fast path: records survive, torn tails end a file, a store applies
+each record once, and only a provably new and valid group is answered from the journal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from msewatch.store import Store
+from msewatch.store._fast_path import FastPath
+from msewatch.store._id_filter import IdFilter
+from msewatch.store._journal import Journal, journal_files, read_records
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+def predictions(ids: list[str], **extra: list) -> pa.RecordBatch:
+    n = len(ids)
+    return pa.RecordBatch.from_pydict({
+        "prediction_id": ids, "ts": [T0 + dt.timedelta(seconds=i) for i in range(n)],
+        "y_pred": [float(i) for i in range(n)], "_row": list(range(n)), **extra,
+    })
+
+
+def labels(ids: list[str], values: list[float]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({"prediction_id": ids, "y_true": values, "_row": list(range(len(ids)))})
+
+
+def admitted(fast: FastPath, kind: str, batch: pa.RecordBatch, known: dict[str, str] | None = None) -> pa.RecordBatch:
+    clean = fast.admit(kind, [batch], known or {})
+    assert clean is not None
+    return clean
+
+
+def test_records_come_back_in_order_and_after_filters(tmp_path: Path) -> None:
+    store_path = str(tmp_path / "s.duckdb")
+    journal = Journal(store_path, next_seq=7)
+    a, b = predictions(["a", "b"]), labels(["a"], [1.5])
+    assert journal.append("predictions", a) == 7
+    assert journal.append("labels", b) == 8
+    journal.close()
+    got = list(read_records(store_path))
+    assert [(r.seq, r.kind) for r in got] == [(7, "predictions"), (8, "labels")]
+    assert got[0].batch.equals(a) and got[1].batch.equals(b)
+    assert [r.seq for r in read_records(store_path, after=7)] == [8]
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage", "flipped"])
+def test_a_torn_last_record_ends_the_file(tmp_path: Path, damage: str) -> None:
+    store_path = str(tmp_path / "s.duckdb")
+    journal = Journal(store_path, next_seq=1)
+    journal.append("predictions", predictions(["a"]))
+    journal.append("predictions", predictions(["b", "c"]))
+    journal.close()
+    [file] = journal_files(store_path)
+    data = bytearray(file.read_bytes())
+    if damage == "cut":
+        data = data[:-5]
+    elif damage == "garbage":
+        data += b"\x00" * 3 + b"MSJ1" + b"\xff" * 40
+        # both records intact, then junk
+    else:
+        data[-10] ^= 0xFF
+    file.write_bytes(bytes(data))
+    seqs = [r.seq for r in read_records(store_path)]
+    assert seqs == ([1, 2] if damage == "garbage" else [1])
+
+
+def test_files_rotate_and_are_deleted_once_applied(tmp_path: Path) -> None:
+    store_path = str(tmp_path / "s.duckdb")
+    journal = Journal(store_path, next_seq=1, rotate_bytes=1)  # every record starts a file
+    for i in range(4):
+        journal.append("predictions", predictions([f"id{i}"]))
+    assert len(journal_files(store_path)) == 4
+    journal.applied(2)
+    assert [int(f.name.rsplit("-", 1)[1]) for f in journal_files(store_path)] == [3, 4]
+    journal.applied(4)  # the current file stays while it is written to
+    assert len(journal_files(store_path)) == 1
+    journal.close(all_applied=True)
+    assert journal_files(store_path) == []
+
+
+def test_a_store_applies_its_journal_once_when_opened(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.duckdb")
+    Store(path).close()
+    fast = FastPath(np.array([], np.uint64), np.array([], np.uint64))
+    journal = Journal(path, next_seq=1)
+    journal.append("predictions", admitted(fast, "predictions", predictions(["p1", "p2", "p3"])))
+    journal.append("labels", admitted(fast, "labels", labels(["p1", "p2"], [1.0, 2.0])))
+    journal.close()
+    with Store(path) as store:  # as after a crash: the answered rows were only in the journal
+        assert (store.count("predictions"), store.count("labels")) == (3, 2)
+        assert store.journal_applied() == 2
+        n_logged = store.count("ingest_log")
+    assert journal_files(path) == []
+    # a record the store already holds (a crash between applying it and deleting its file)
+    journal = Journal(path, next_seq=2)
+    journal.append("labels", admitted(FastPath(np.array([], np.uint64), np.array([], np.uint64)),
+                                      "labels", labels(["p3"], [3.0])))
+    journal.close()
+    with Store(path) as store:
+        assert store.count("labels") == 2 and store.count("ingest_log") == n_logged
+        assert store.open_journal().last_seq == 2  # the next record is number 3
+
+
+def test_a_read_only_open_applies_a_journal_left_behind(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.duckdb")
+    Store(path).close()
+    fast = FastPath(np.array([], np.uint64), np.array([], np.uint64))
+    journal = Journal(path, next_seq=1)
+    journal.append("predictions", admitted(fast, "predictions", predictions(["x", "y"])))
+    journal.close()
+    with Store(path, read_only=True) as store:
+        assert store.count("predictions") == 2
+
+
+def test_only_a_provably_new_and_valid_group_is_admitted(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.duckdb")
+    with Store(path) as store:
+        store.ingest_group("predictions", [(predictions(["stored"]), 1)])
+        fast = FastPath(store.id_hashes("predictions"), store.id_hashes("labels"))
+    assert fast.admit("predictions", [predictions(["new1", "new2"])], {}) is not None
+    assert fast.admit("predictions", [predictions(["new1"])], {}) is None, "answered before: taken"
+    assert fast.admit("predictions", [predictions(["stored"])], {}) is None, "stored before the server started"
+    assert fast.admit("predictions", [predictions(["r", "r"])], {}) is None, "repeated inside the group"
+    assert fast.admit("predictions", [predictions([" "])], {}) is None, "a blank id is for the SQL to word"
+    assert fast.admit("predictions", [predictions(["f1"], region=["eu"])], {}) is None, "a new column"
+    assert fast.admit("predictions", [predictions(["f2"], region=["eu"])], {"region": "segment"}) is not None
+    two = [predictions(["g1"]), predictions(["g1"])]  # two requests of one group
+    assert fast.admit("predictions", two, {}) is None
+    assert fast.admit("labels", [labels(["stored", "l2"], [1.0, 2.0])], {}) is not None
+    assert fast.admit("labels", [labels(["l2"], [2.0])], {}) is None, "a copy or revision is for the store"
+    assert fast.admit("labels", [labels(["l3"], [float("nan")])], {}) is None
+    assert fast.admit("shadow", [predictions(["s1"])], {}) is None
+    fast.taken("labels", fast.hashes(pa.array(["l4"])))
+    assert fast.admit("labels", [labels(["l4"], [1.0])], {}) is None
+
+
+def test_the_store_and_the_fast_path_hash_ids_alike(tmp_path: Path) -> None:
+    ids = ["a", "é", "日本", "x" * 256, "'; DROP TABLE predictions; --", "0", "00"]
+    with Store(str(tmp_path / "s.duckdb")) as store:
+        store.ingest_group("predictions", [(predictions(ids), len(ids))])
+        stored = np.sort(store.id_hashes("predictions"))
+        fast = FastPath(np.array([], np.uint64), np.array([], np.uint64))
+        assert np.array_equal(stored, np.sort(fast.hashes(pa.array(ids))))
+        assert np.array_equal(np.sort(store.id_hashes("predictions", store.last_stamp)), stored)
+
+
+def test_the_id_filter_never_forgets() -> None:
+    rng = np.random.default_rng(5)
+    seen = IdFilter()
+    added: list[np.ndarray] = []
+    for size in rng.integers(1, 3000, 60):
+        h = rng.integers(0, 2**64, size, dtype=np.uint64)
+        seen.add(h)
+        added.append(h)
+    everything = np.concatenate(added)
+    assert len(seen) == len(np.unique(everything))
+    assert all(seen.any_of(everything[i:i + 1]) for i in rng.integers(0, len(everything), 500))
+    fresh = np.setdiff1d(rng.integers(0, 2**64, 5000, dtype=np.uint64), everything)
+    assert not seen.any_of(fresh)
+    assert len(seen._runs) <= 2 * int(np.log2(len(everything)) + 1)
