@@ -30,8 +30,17 @@ def labels(ids: list[str], values: list[float]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({"prediction_id": ids, "y_true": values, "_row": list(range(len(ids)))})
 
 
+def admit(fast: FastPath, kind: str, batches: list[pa.RecordBatch], known: dict[str, str] | None = None
+          ) -> pa.RecordBatch | None:
+    """A group as the server decides it: each request proven in its thread, then the group."""
+    prepared = [fast.prepare(kind, b, known or {}) for b in batches]
+    if any(p is None for p in prepared):
+        return None
+    return fast.admit(kind, prepared)  # type: ignore[arg-type]
+
+
 def admitted(fast: FastPath, kind: str, batch: pa.RecordBatch, known: dict[str, str] | None = None) -> pa.RecordBatch:
-    clean = fast.admit(kind, [batch], known or {})
+    clean = admit(fast, kind, [batch], known)
     assert clean is not None
     return clean
 
@@ -123,21 +132,24 @@ def test_only_a_provably_new_and_valid_group_is_admitted(tmp_path: Path) -> None
     with Store(path) as store:
         store.ingest_group("predictions", [(predictions(["stored"]), 1)])
         fast = FastPath(store.id_hashes("predictions"), store.id_hashes("labels"))
-    assert fast.admit("predictions", [predictions(["new1", "new2"])], {}) is not None
-    assert fast.admit("predictions", [predictions(["new1"])], {}) is None, "answered before: taken"
-    assert fast.admit("predictions", [predictions(["stored"])], {}) is None, "stored before the server started"
-    assert fast.admit("predictions", [predictions(["r", "r"])], {}) is None, "repeated inside the group"
-    assert fast.admit("predictions", [predictions([" "])], {}) is None, "a blank id is for the SQL to word"
-    assert fast.admit("predictions", [predictions(["f1"], region=["eu"])], {}) is None, "a new column"
-    assert fast.admit("predictions", [predictions(["f2"], region=["eu"])], {"region": "segment"}) is not None
+    assert admit(fast, "predictions", [predictions(["new1", "new2"])], {}) is not None
+    assert admit(fast, "predictions", [predictions(["new1"])], {}) is None, "answered before: taken"
+    assert admit(fast, "predictions", [predictions(["stored"])], {}) is None, "stored before the server started"
+    assert admit(fast, "predictions", [predictions(["r", "r"])], {}) is None, "repeated inside the group"
+    assert admit(fast, "predictions", [predictions([" "])], {}) is None, "a blank id is for the SQL to word"
+    assert admit(fast, "predictions", [predictions(["f1"], region=["eu"])], {}) is None, "a new column"
+    assert admit(fast, "predictions", [predictions(["f2"], region=["eu"])], {"region": "segment"}) is not None
     two = [predictions(["g1"]), predictions(["g1"])]  # two requests of one group
-    assert fast.admit("predictions", two, {}) is None
-    assert fast.admit("labels", [labels(["stored", "l2"], [1.0, 2.0])], {}) is not None
-    assert fast.admit("labels", [labels(["l2"], [2.0])], {}) is None, "a copy or revision is for the store"
-    assert fast.admit("labels", [labels(["l3"], [float("nan")])], {}) is None
-    assert fast.admit("shadow", [predictions(["s1"])], {}) is None
+    assert admit(fast, "predictions", two) is None
+    group = admit(fast, "predictions", [predictions(["h1", "h2"]), predictions(["h3"], region=["eu"])], {"region": "segment"})
+    assert group is not None and group.column("_row").to_pylist() == [0, 1, 2]
+    assert group.column("region").to_pylist() == [None, None, "eu"]
+    assert admit(fast, "labels", [labels(["stored", "l2"], [1.0, 2.0])], {}) is not None
+    assert admit(fast, "labels", [labels(["l2"], [2.0])], {}) is None, "a copy or revision is for the store"
+    assert admit(fast, "labels", [labels(["l3"], [float("nan")])], {}) is None
+    assert admit(fast, "shadow", [predictions(["s1"])], {}) is None
     fast.taken("labels", fast.hashes(pa.array(["l4"])))
-    assert fast.admit("labels", [labels(["l4"], [1.0])], {}) is None
+    assert admit(fast, "labels", [labels(["l4"], [1.0])], {}) is None
 
 
 def test_the_store_and_the_fast_path_hash_ids_alike(tmp_path: Path) -> None:

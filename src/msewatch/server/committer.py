@@ -45,9 +45,9 @@ from msewatch.schema import ColumnMap, Kind
 from msewatch.server.exposition import QualityCollector
 from msewatch.server.sink import LakeSink
 from msewatch.store import IngestResult, Store
-from msewatch.store._fast_path import FastPath
+from msewatch.store._fast_path import FastPath, Prepared
 
-__all__ = ["Committer", "Overloaded", "ShuttingDown"]
+__all__ = ["Committer", "Overloaded", "Prepared", "ShuttingDown"]
 
 log = logging.getLogger("msewatch.server")
 
@@ -56,6 +56,7 @@ _CONTRACT = {n.casefold() for n in _CONTRACT_NAMES} | {"source", "ingested_at"}
 _LABEL_FIELDS = {"prediction_id", "y_true", "label_ts"}
 _SHADOW_FIELDS = {"prediction_id", "ts", "model", "version", "y_pred"}
 _STEP_RETRY = 5.0
+_APPLY_DELAY = 0.05  # answered records wait this long for more to share a transaction
 
 
 class Overloaded(Exception):
@@ -71,6 +72,7 @@ class _Pending:
     kind: Kind
     batch: pa.RecordBatch
     count: int
+    prepared: Prepared | None = None  # proven and hashed (`FastPath.prepare`), if it could be
     future: Future[IngestResult] = field(default_factory=Future)
 
 
@@ -116,6 +118,7 @@ class Committer:
         self._unapplied_rows = 0  # rows answered from the journal, not in the tables yet (bounded too)
         self._applying: collections.deque[_Record | _Exact] = collections.deque()
         self._answered_seq = self._applied_seq = 0  # journal records answered for / in the tables
+        self._apply_wanted = False  # a reader waits for the tables
         self._cond = threading.Condition()
         self._closing = False
         self._answers_done = False
@@ -148,14 +151,28 @@ class Committer:
     def alive(self) -> bool:
         return self._thread.is_alive() and self._apply_thread.is_alive() and not self._closing
 
-    def submit(self, kind: Kind, batch: pa.RecordBatch, count: int) -> Future[IngestResult]:
-        """Queue a request's records; the future resolves once they are on disk."""
+    def prepare(self, kind: Kind, batch: pa.RecordBatch) -> Prepared | None:
+        """Prove a request's rows valid and hash its ids, in the request's own thread (see `submit`)."""
+        if self.fast is None or kind == "shadow":
+            return None
+        try:
+            return self.fast.prepare(kind, batch, self._known)
+        except Exception:
+            log.exception("proving a request's rows failed; it takes the exact path")
+            return None
+
+    def submit(self, kind: Kind, batch: pa.RecordBatch, count: int,
+               prepared: Prepared | None = None) -> Future[IngestResult]:
+        """Queue a request's records; the future resolves once they are on disk.
+
+        `prepared` (from `prepare`) lets a group of such requests be answered from the journal.
+        """
         with self._cond:
             if self._closing:
                 raise ShuttingDown()
             if self._pending_rows and self._pending_rows + batch.num_rows > self.max_pending:
                 raise Overloaded()
-            item = _Pending(kind, batch, count)
+            item = _Pending(kind, batch, count, prepared)
             self._queue.append(item)
             self._queued_rows += batch.num_rows
             self._pending_rows += batch.num_rows
@@ -174,6 +191,8 @@ class Committer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
+                self._apply_wanted = True  # the apply thread does not wait for more records
+                self._cond.notify_all()
                 self._cond.wait(remaining)
             return self._applied_seq >= target
 
@@ -267,10 +286,11 @@ class Committer:
     def _journal_group(self, group: list[_Pending]) -> bool:
         """Answer a provably new group from the journal; False when it needs the exact path."""
         kind = group[0].kind
-        if self.fast is None or self.journal is None or kind == "shadow":
+        prepared = [p.prepared for p in group]
+        if self.fast is None or self.journal is None or any(p is None for p in prepared):
             return False
         try:
-            clean = self.fast.admit(kind, [p.batch for p in group], self._known)
+            clean = self.fast.admit(kind, prepared)  # type: ignore[arg-type]
         except Exception:
             log.exception("checking a group for the journal failed; it takes the exact path")
             return False
@@ -324,6 +344,16 @@ class Committer:
                         self._cond.wait()
                     if not self._applying:
                         return
+                    # records answered already: wait a little for more, so a transaction carries
+                    # more rows (its fixed cost is most of a small one's); readers wait for it
+                    deadline = time.monotonic() + _APPLY_DELAY
+                    while (isinstance(self._applying[0], _Record) and self._unapplied_rows < self.max_group
+                           and not self._answers_done and not self._settle_wanted and not self._apply_wanted):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or any(isinstance(x, _Exact) for x in self._applying):
+                            break
+                        self._cond.wait(remaining)
+                    self._apply_wanted = False
                     first = self._applying.popleft()
                     records: list[_Record] = []
                     if isinstance(first, _Record):  # consecutive records of a kind: one transaction
@@ -355,7 +385,7 @@ class Committer:
             try:
                 outcome = self.store.ingest_group(
                     kind, [(r.batch, r.batch.num_rows) for r in records],
-                    pair_columns=self.config.metrics.segments, defer_rollups=True, journal_seq=last,
+                    pair_columns=self.config.metrics.segments, defer_rollups=True, journal_seq=last, proven=True,
                 )
                 break
             except Exception:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import os
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +29,8 @@ from typing import Any
 
 import duckdb
 import ibis
-import numpy as np
 import ibis.expr.types as ir
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute
@@ -46,8 +47,8 @@ from msewatch.schema import (
     required_columns,
 )
 from msewatch.store import _pending
-from msewatch.store._journal import Journal, Record, journal_files, read_records
 from msewatch.store import _rollups as rollups
+from msewatch.store._journal import Journal, Record, journal_files, read_records
 
 __all__ = ["GroupIngest", "IngestResult", "Reject", "Store", "default_db_path"]
 
@@ -175,6 +176,8 @@ class Store:
                 Store(self.path).close()
             except StoreLockedError:
                 pass  # the running server applies them
+            except StoreError as exc:  # e.g. no write permission: read what the tables hold
+                warnings.warn(f"{self.path}: answered rows in its journal are not applied ({exc})", stacklevel=2)
         try:
             self.con = duckdb.connect(self.path, read_only=read_only)
         except duckdb.IOException as exc:
@@ -319,7 +322,7 @@ class Store:
         def flush() -> None:
             if group:
                 self.ingest_group(group[0].kind, [(r.batch, r.batch.num_rows) for r in group],
-                                  defer_rollups=True, journal_seq=group[-1].seq)
+                                  defer_rollups=True, journal_seq=group[-1].seq, proven=True)
                 group.clear()
 
         for record in read_records(self.path, after=applied):
@@ -459,6 +462,7 @@ class Store:
         pair_columns: Sequence[str] | None = None,
         defer_rollups: bool = False,
         journal_seq: int | None = None,
+        proven: bool = False,
     ) -> GroupIngest:
         """Commit several requests in one transaction (group commit) and split the outcome.
 
@@ -468,6 +472,7 @@ class Store:
         With `pair_columns`, also return the newly labeled pairs (see `GroupIngest`). With
         `defer_rollups` the commit holds the rows only; `apply_pending` folds them in later.
         `journal_seq`: the group is that journal record (and those before it), applied.
+        `proven`: each batch is what `clean_predictions` (with `_row`) or `clean_labels` made.
         """
         starts: list[int] = []
         batches: list[pa.RecordBatch] = []
@@ -490,7 +495,8 @@ class Store:
                 total = IngestResult(duplicate_rows=[])
                 try:
                     self._ingest(kind, batches, ColumnMap(), source=source, result=total, starts=starts,
-                                 defer_rollups=defer_rollups, optimistic=optimistic, journal_seq=journal_seq)
+                                 defer_rollups=defer_rollups, optimistic=optimistic, journal_seq=journal_seq,
+                                 proven=proven)
                     break
                 except duckdb.ConstraintException:
                     if not optimistic:
@@ -525,6 +531,7 @@ class Store:
         defer_rollups: bool = False,
         optimistic: bool = False,
         journal_seq: int | None = None,
+        proven: bool = False,
     ) -> IngestResult:
         if kind not in ("predictions", "labels", "shadow"):
             raise ValueError(f"kind must be 'predictions', 'labels' or 'shadow'; got {kind!r}")
@@ -536,7 +543,7 @@ class Store:
         con.execute("BEGIN TRANSACTION")
         try:
             stage = _Stage(self, kind, columns, source, default_model, default_version)
-            stage.optimistic = optimistic
+            stage.optimistic, stage.proven = optimistic, proven
             # one request group of predictions: validated straight into the table (no `_stage`)
             stage.direct = optimistic and kind == "predictions" and isinstance(batches, list) and len(batches) == 1
             for batch in batches:
@@ -829,6 +836,7 @@ class _Stage:
         self.rows = 0
         self.optimistic = False  # insert new keys without ON CONFLICT (see Store.ingest_group)
         self.direct = False  # optimistic, and one batch: insert its valid rows with the validation
+        self.proven = False  # the batches passed the proof already (journal records)
         self.inserted: int | None = None  # rows the direct insert stored
         self.seen_required: set[str] = set()
         self.created = False
@@ -855,9 +863,9 @@ class _Stage:
         plain = self.columns == ColumnMap() and self.default_model is None and self.default_version is None
         clean = None
         if direct and plain:
-            clean = clean_predictions(batch, self.extras)
+            clean = batch if self.proven else clean_predictions(batch, self.extras)
         elif self.kind == "labels" and plain and self.store._starts and not self.created:  # a group commit
-            clean = clean_labels(batch)
+            clean = batch if self.proven else clean_labels(batch)
         sql, errors_sql = self._sql(batch.schema) if clean is None else ("", "")
         con = self.store.con
         con.register("_batch", batch if clean is None else clean)

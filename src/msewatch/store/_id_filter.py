@@ -27,8 +27,11 @@ class IdFilter:
     def __len__(self) -> int:
         return sum(len(r) for r in self._runs)
 
-    def add(self, hashes: np.ndarray) -> None:
-        run = np.unique(np.asarray(hashes, dtype=np.uint64))
+    def add(self, hashes: np.ndarray, *, sorted_unique: bool = False) -> None:
+        """Add hashes (`sorted_unique`: they are sorted and distinct already)."""
+        run = np.asarray(hashes, dtype=np.uint64) if sorted_unique else np.unique(np.asarray(hashes, dtype=np.uint64))
+        if not len(run):
+            return
         # merge while the newest run is at least half the size of the one before it
         while self._runs and len(self._runs[-1]) <= 2 * len(run):
             older = self._runs.pop()
@@ -37,8 +40,8 @@ class IdFilter:
         self._runs.append(run)
 
     def any_of(self, hashes: np.ndarray) -> bool:
-        """Whether any of `hashes` may be in the set."""
-        probe = np.sort(np.asarray(hashes, dtype=np.uint64))
+        """Whether any of `hashes` (sorted: searches touch memory in order) may be in the set."""
+        probe = np.asarray(hashes, dtype=np.uint64)
         for run in self._runs:
             i = np.searchsorted(run, probe)
             i[i == len(run)] = 0
