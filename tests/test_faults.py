@@ -25,7 +25,7 @@ import pytest
 from conftest import query
 from servers import ServerProcess
 
-from msewatch.store._journal import read_records
+from msewatch.store._journal import journal_files, read_records
 
 BATCH = 200
 RETRY_DEADLINE = 60.0  # a batch that cannot be acknowledged within this is a failure
@@ -300,6 +300,7 @@ def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: Path) 
     assert "Traceback" not in log, log
     # the store was closed, not abandoned: DuckDB checkpoints and removes its WAL on a clean close
     assert not Path(f"{db}.wal").exists(), "the store's WAL is still there: it was not closed cleanly"
+    assert not journal_files(str(db)), "a journal file is left: the tables did not take every record"
     flat = [o for out in outcomes for o in out]
     ok = [o for o in flat if o.status == 200]
     assert all(o.status in (200, 503, None) for o in flat), [o.status for o in flat]

@@ -29,7 +29,7 @@ class IdFilter:
 
     def add(self, hashes: np.ndarray, *, sorted_unique: bool = False) -> None:
         """Add hashes (`sorted_unique`: they are sorted and distinct already)."""
-        run = np.asarray(hashes, dtype=np.uint64) if sorted_unique else np.unique(np.asarray(hashes, dtype=np.uint64))
+        run = np.asarray(hashes, dtype=np.uint64) if sorted_unique else _sorted_unique(hashes)
         if not len(run):
             return
         # merge while the newest run is at least half the size of the one before it
@@ -48,3 +48,14 @@ class IdFilter:
             if len(run) and np.any(run[i] == probe):
                 return True
         return False
+
+
+def _sorted_unique(hashes: np.ndarray) -> np.ndarray:
+    """`np.unique` by a sort (NumPy 2's `np.unique` of 10M uint64 takes 17 s here, a sort 0.25 s)."""
+    run = np.sort(np.asarray(hashes, dtype=np.uint64))
+    if len(run) < 2:
+        return run
+    keep = np.empty(len(run), dtype=bool)
+    keep[0] = True
+    np.not_equal(run[1:], run[:-1], out=keep[1:])
+    return run[keep]
