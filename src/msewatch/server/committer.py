@@ -249,8 +249,6 @@ class Committer:
         if self.journal is not None:
             self.journal.applied(self._applied_seq)
             self.journal.close(all_applied=self._applied_seq == self._answered_seq)
-        if self.fast is not None:
-            self.fast.close()
         self._rollup_store.close()
         if self.sink is not None:
             self.sink.close()

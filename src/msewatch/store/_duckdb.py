@@ -341,12 +341,16 @@ class Store:
         return Journal(self.path, self.journal_applied() + 1)
 
     def id_hashes(self, kind: Kind, stamp: dt.datetime | None = None) -> np.ndarray:
-        """DuckDB's hash of every stored prediction or label id; with `stamp`, of one commit's only."""
+        """The hash (`_fast_path.id_hashes`) of every stored prediction or label id; with `stamp`, of one commit's only."""
+        from msewatch.store._fast_path import id_hashes
+
         table = {"predictions": "predictions", "labels": "labels"}[kind]
-        where = "WHERE ingested_at = ?" if stamp is not None else ""
-        return self.con.execute(
-            f"SELECT hash(prediction_id) AS h FROM {table} {where}", [stamp] if stamp is not None else []
-        ).fetchnumpy()["h"]
+        where = "WHERE ingested_at = $stamp" if stamp is not None else ""
+        reader = self.con.sql(
+            f"SELECT prediction_id FROM {table} {where}", params={"stamp": stamp} if stamp is not None else None
+        ).to_arrow_reader(1 << 20)
+        parts = [id_hashes(batch.column(0)) for batch in reader]
+        return np.concatenate(parts) if parts else np.array([], np.uint64)
 
     @property
     def last_stamp(self) -> dt.datetime | None:
