@@ -369,15 +369,16 @@ class Committer:
                     with self._cond:
                         self._pending_rows -= rows
                     first.done.set()
-                else:
-                    self._apply_records(records)
+                elif not self._apply_records(records):
+                    return  # stopping with records the tables do not hold: the next open applies them
         finally:
             with self._cond:
                 self._commits_done = True
                 self._cond.notify_all()
 
-    def _apply_records(self, records: list[_Record]) -> None:
-        """Commit journal records to the tables; retried until it works (they were answered for)."""
+    def _apply_records(self, records: list[_Record]) -> bool:
+        """Commit journal records to the tables, retrying (they were answered for); False when
+        the server stops before that works (they stay in the journal, for the next open)."""
         kind, rows, last = records[0].kind, sum(r.batch.num_rows for r in records), records[-1].seq
         while True:
             try:
@@ -387,6 +388,9 @@ class Committer:
                 )
                 break
             except Exception:
+                if self._closing:
+                    log.exception("applying journal records %d-%d failed; they stay in the journal", records[0].seq, last)
+                    return False
                 log.exception("applying journal records %d-%d failed; retrying in %.0f s", records[0].seq, last, _STEP_RETRY)
                 time.sleep(_STEP_RETRY)
         accepted = sum(r.accepted for r in outcome.results)
@@ -400,6 +404,7 @@ class Committer:
             self._cond.notify_all()
         assert self.journal is not None
         self.journal.applied(last)
+        return True
 
     # -- the rollup thread --------------------------------------------------------------------------
     def _run_steps(self) -> None:
