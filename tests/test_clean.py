@@ -15,7 +15,7 @@ import pyarrow as pa
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from msewatch.schema import MAX_ID_LENGTH, MAX_STRING_LENGTH, clean_labels, clean_predictions
+from msewatch.schema import MAX_ID_LENGTH, MAX_STRING_LENGTH, clean_labels, clean_predictions, fits
 from msewatch.server.bodies import parse_body
 from msewatch.store import Store
 
@@ -177,3 +177,12 @@ def test_typical_labels_take_the_proof_and_odd_ones_do_not() -> None:
         "label_ts the text parser would read": {"label_ts": "yesterday"},
     }.items():
         assert proof(**record) is None, why
+
+
+def test_fits_counts_characters_not_bytes() -> None:
+    """Byte lengths decide only when no value has more bytes than the limit allows characters."""
+    assert fits(pa.array(["x" * 256, "", None]), 256)
+    assert not fits(pa.array(["x" * 257]), 256)
+    assert fits(pa.array(["é" * 256, "日" * 256, "😀" * 256]), 256)  # 512-1,024 bytes each
+    assert not fits(pa.array(["a", "é" * 257]), 256)
+    assert fits(pa.array([], pa.string()), 0) and fits(pa.array([None, None], pa.string()), 0)

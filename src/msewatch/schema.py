@@ -35,6 +35,7 @@ __all__ = [
     "check_required",
     "clean_labels",
     "clean_predictions",
+    "fits",
     "normalize",
     "required_columns",
     "verdict",
@@ -354,10 +355,10 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
         text = batch.column(name)
         if pa.types.is_null(text.type):
             text = text.cast(pa.string())
-        if not _is_text(text) or not _fits(text, MAX_STRING_LENGTH):
+        if not _is_text(text) or not fits(text, MAX_STRING_LENGTH):
             return None
         text = text.cast(pa.string())
-        out[name] = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(text), 0), False), text, default)
+        out[name] = pc.if_else(pc.fill_null(pc.greater(pc.binary_length(text), 0), False), text, default)
     y_pred = _finite_floats(batch.column("y_pred"), nulls=False)
     if y_pred is None:
         return None
@@ -368,7 +369,7 @@ def clean_predictions(batch: pa.RecordBatch, extras: Mapping[str, str]) -> pa.Re
             column = column.cast(pa.float64() if kind == "feature" else pa.string())
         if kind == "feature":
             column = _finite_floats(column, nulls=True)
-        elif _is_text(column) and _fits(column, MAX_STRING_LENGTH):
+        elif _is_text(column) and fits(column, MAX_STRING_LENGTH):
             column = column.cast(pa.string())
         else:
             column = None
@@ -396,7 +397,7 @@ def clean_labels(batch: pa.RecordBatch) -> pa.RecordBatch | None:
 
 def _clean_ids(pid: pa.Array) -> pa.Array | None:
     """Text ids that are certainly not blank, too long or holding NUL; else None."""
-    if not _is_text(pid) or pid.null_count or not _fits(pid, MAX_ID_LENGTH):
+    if not _is_text(pid) or pid.null_count or not fits(pid, MAX_ID_LENGTH):
         return None
     # blank ids sort before '!' (white space, control characters): none may
     if pc.less(pc.min(pid), pa.scalar("!", pid.type)).as_py() or pc.any(pc.match_substring(pid, "\x00")).as_py():
@@ -432,10 +433,15 @@ def _is_text(column: pa.Array) -> bool:
     return pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
 
 
-def _fits(text: pa.Array, limit: int) -> bool:
-    """No value longer than `limit` characters (code points: never fewer than the engine counts)."""
-    longest = pc.max(pc.utf8_length(text)).as_py() if len(text) else 0
-    return (longest or 0) <= limit
+def fits(text: pa.Array, limit: int) -> bool:
+    """No value longer than `limit` characters (code points: never fewer than the engine counts).
+
+    A value has no more characters than bytes, and byte lengths come from the offsets alone:
+    the characters are counted only when some value has more than `limit` bytes.
+    """
+    if not len(text) or (pc.max(pc.binary_length(text)).as_py() or 0) <= limit:
+        return True
+    return (pc.max(pc.utf8_length(text)).as_py() or 0) <= limit
 
 
 def _finite_floats(column: pa.Array, *, nulls: bool) -> pa.Array | None:

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pajson
 
 from msewatch.io import records_to_batch
-from msewatch.schema import ColumnMap, Kind, required_columns
+from msewatch.schema import ColumnMap, Kind, fits, required_columns
 
 __all__ = ["MAX_FIELDS", "MAX_FIELD_CHARS", "BodyError", "ParsedBody", "parse_body"]
 
@@ -155,7 +155,7 @@ def _fast_ndjson(body: bytes, kind: Kind, max_rows: int) -> ParsedBody | None:
         if name == "prediction_id" and f.type not in (pa.string(), pa.int64(), pa.null()):
             return None
         column = table.column(name).combine_chunks()
-        if f.type == pa.string() and len(column) and (pc.max(pc.utf8_length(column)).as_py() or 0) > MAX_FIELD_CHARS:
+        if f.type == pa.string() and not fits(column, MAX_FIELD_CHARS):
             return None
         if name.startswith("_"):
             ignored.add(name)
