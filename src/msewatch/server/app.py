@@ -9,11 +9,13 @@ connection, so they never wait for a commit. The routes and their answers are de
 from __future__ import annotations
 
 import asyncio
+import os
 import hmac
 import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -88,6 +90,10 @@ class _State:
         self.store: Store | None = None
         self.reads: Store | None = None  # a connection kept for handing out read cursors
         self.committer: Committer | None = None
+        # bodies parse here, first come first served: as many threads as cores, so a burst of
+        # requests queues in order instead of each getting a slice of the GIL (p99 at 32
+        # connections: 2.3 s with a thread per request)
+        self.parsers = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="msewatch-parse")
         self.watch: MonitorLoop | None = None
 
     def open(self) -> None:
@@ -113,6 +119,7 @@ class _State:
             self.reads.close()
         if self.committer is not None:
             self.committer.close()
+        self.parsers.shutdown(wait=False)
 
 
 def create_app(db: str, config: Config) -> Starlette:
@@ -197,7 +204,7 @@ def create_app(db: str, config: Config) -> Starlette:
 
             try:
                 if len(body) >= _PARSE_IN_THREAD_BYTES:  # Arrow parses without the GIL: the loop serves on
-                    parsed, batch, drop, prepared = await run_in_threadpool(read)
+                    parsed, batch, drop, prepared = await asyncio.get_running_loop().run_in_executor(state.parsers, read)
                 else:
                     parsed, batch, drop, prepared = read()
             except BodyError as exc:
