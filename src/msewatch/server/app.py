@@ -9,9 +9,9 @@ connection, so they never wait for a commit. The routes and their answers are de
 from __future__ import annotations
 
 import asyncio
-import os
 import hmac
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
