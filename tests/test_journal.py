@@ -176,3 +176,27 @@ def test_the_id_filter_never_forgets() -> None:
     fresh = np.setdiff1d(rng.integers(0, 2**64, 5000, dtype=np.uint64), everything)
     assert not seen.any_of(fresh)
     assert len(seen._runs) <= 2 * int(np.log2(len(everything)) + 1)
+
+
+def test_a_failed_write_ends_its_file_so_the_next_record_is_never_behind_a_torn_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import msewatch.store._journal as journal_module
+
+    store_path = str(tmp_path / "s.duckdb")
+    journal = Journal(store_path, next_seq=1)
+    journal.append("predictions", predictions(["a"]))
+    real_write = journal_module.os.write
+
+    def half_then_fail(fd: int, data: bytes) -> int:  # a full disk in the middle of a record
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "write", half_then_fail)
+    with pytest.raises(OSError):
+        journal.append("predictions", predictions(["b"]))
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    assert journal.append("labels", labels(["a"], [1.0])) == 3
+    journal.close()
+    assert [(r.seq, r.kind) for r in read_records(store_path)] == [(1, "predictions"), (3, "labels")]
+    assert len(journal_files(store_path)) == 2

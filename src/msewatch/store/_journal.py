@@ -98,11 +98,17 @@ class Journal:
             if self._fd is None or self._size >= self.rotate_bytes:
                 self._start_file(seq)
             header = _HEADER.pack(_MAGIC, _KINDS.index(kind), seq, len(payload), zlib.crc32(payload))
-            os.write(self._fd, header + payload)
-            os.fdatasync(self._fd) if hasattr(os, "fdatasync") else os.fsync(self._fd)
+            self._next = seq + 1  # a failed record uses its number up too
+            try:
+                data = memoryview(header + payload)
+                while data:  # a write to a regular file may be short (a signal, a full disk)
+                    data = data[os.write(self._fd, data):]
+                os.fdatasync(self._fd) if hasattr(os, "fdatasync") else os.fsync(self._fd)
+            except BaseException:
+                self._end_file()  # a torn record ends its file: the next record starts another
+                raise
             self._size += len(header) + len(payload)
             self._last_in_file = seq
-            self._next = seq + 1
             return seq
 
     def applied(self, seq: int) -> None:
@@ -125,11 +131,15 @@ class Journal:
                 if all_applied and self._file is not None:
                     self._file.unlink(missing_ok=True)
 
-    def _start_file(self, seq: int) -> None:
+    def _end_file(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
             assert self._file is not None
             self._closed.append((self._file, self._last_in_file))
+
+    def _start_file(self, seq: int) -> None:
+        self._end_file()
         self._file = Path(f"{self.store_path}.journal-{seq:012d}")
         self._fd = os.open(self._file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = 0
