@@ -152,7 +152,7 @@ class Committer:
         return self._thread.is_alive() and self._apply_thread.is_alive() and not self._closing
 
     def prepare(self, kind: Kind, batch: pa.RecordBatch) -> Prepared | None:
-        """Prove a request's rows valid and hash its ids, in the request's own thread (see `submit`)."""
+        """Prove a request's rows valid and hash its ids where its body is parsed (see `submit`)."""
         if self.fast is None or kind == "shadow":
             return None
         try:

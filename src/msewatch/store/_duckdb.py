@@ -48,6 +48,7 @@ from msewatch.schema import (
 )
 from msewatch.store import _pending
 from msewatch.store import _rollups as rollups
+from msewatch.store._id_filter import id_hashes
 from msewatch.store._journal import Journal, Record, journal_files, read_records
 
 __all__ = ["GroupIngest", "IngestResult", "Reject", "Store", "default_db_path"]
@@ -316,8 +317,7 @@ class Store:
     def _replay_journal(self) -> None:
         if self.path == ":memory:" or not journal_files(self.path):
             return
-        applied = self.journal_applied()
-        group: list[Record] = []
+        group: list[Record] = []  # consecutive records of a kind, up to ~100,000 rows: one transaction
 
         def flush() -> None:
             if group:
@@ -325,10 +325,13 @@ class Store:
                                   defer_rollups=True, journal_seq=group[-1].seq, proven=True)
                 group.clear()
 
-        for record in read_records(self.path, after=applied):
-            if group and (record.kind != group[0].kind or sum(r.batch.num_rows for r in group) >= 100_000):
+        rows = 0
+        for record in read_records(self.path, after=self.journal_applied()):
+            if group and (record.kind != group[0].kind or rows >= 100_000):
                 flush()
+                rows = 0
             group.append(record)
+            rows += record.batch.num_rows
         flush()
         for file in journal_files(self.path):  # every record is in the tables now
             file.unlink()
@@ -337,17 +340,15 @@ class Store:
         """A journal for this store's answered groups (None for a store in memory)."""
         if self.path == ":memory:":
             return None
-        self._replay_journal()  # none left unless someone wrote one since this store opened
-        return Journal(self.path, self.journal_applied() + 1)
+        return Journal(self.path, self.journal_applied() + 1)  # opening applied every record
 
     def id_hashes(self, kind: Kind, stamp: dt.datetime | None = None) -> np.ndarray:
-        """The hash (`_fast_path.id_hashes`) of every stored prediction or label id; with `stamp`, of one commit's only."""
-        from msewatch.store._fast_path import id_hashes
-
-        table = {"predictions": "predictions", "labels": "labels"}[kind]
+        """The hash (`_id_filter.id_hashes`) of every stored prediction or label id; with `stamp`, of one commit's only."""
+        if kind not in ("predictions", "labels"):
+            raise ValueError(f"kind must be 'predictions' or 'labels'; got {kind!r}")
         where = "WHERE ingested_at = $stamp" if stamp is not None else ""
         reader = self.con.sql(
-            f"SELECT prediction_id FROM {table} {where}", params={"stamp": stamp} if stamp is not None else None
+            f"SELECT prediction_id FROM {kind} {where}", params={"stamp": stamp} if stamp is not None else None
         ).to_arrow_reader(1 << 20)
         parts = [id_hashes(batch.column(0)) for batch in reader]
         return np.concatenate(parts) if parts else np.array([], np.uint64)
