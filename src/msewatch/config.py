@@ -13,6 +13,7 @@ Every key has a default, so `msewatch serve` runs with no file. A wrong key or v
     commit_delay_ms = 5               # a commit waits this long for more requests to share it
     rollup_delay_ms = 1000            # committed rows reach the rollups and /metrics within this…
     rollup_rows = 100000              # …or once this many wait (a read that needs them waits for them)
+    duckdb_threads = 0                # DuckDB's threads in the server; 0 = cores minus two, at least one
 
     [sink]                            # Parquet lake of accepted rows (or `serve --sink DIR`)
     dir = "/data/msewatch-lake"
@@ -79,6 +80,13 @@ class ServerConfig:
     commit_delay_ms: int = 5
     rollup_delay_ms: int = 1000
     rollup_rows: int = 100_000
+    duckdb_threads: int = 0  # 0: cores minus two (at least one), see `engine_threads`
+
+    def engine_threads(self) -> int:
+        """DuckDB's threads in the server: the event loop, parsing and answering need about two
+        cores of their own (one GIL), so DuckDB gets the rest, and on 2 cores works in the
+        threads that call it (a worker thread at normal priority would compete with answers)."""
+        return self.duckdb_threads or max(1, (os.cpu_count() or 1) - 2)
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ class _State:
         self.watch: MonitorLoop | None = None
 
     def open(self) -> None:
-        self.store = Store(self.db)
+        self.store = Store(self.db, threads=self.config.server.engine_threads())
         self.reads = self.store.reader()
         sink = LakeSink(self.store, self.config.sink, self.registry) if self.config.sink.dir else None
         # before the committer starts: the monitor registers its SLO thresholds in the store

@@ -43,6 +43,7 @@ from msewatch.config import Config
 from msewatch.errors import MsewatchError
 from msewatch.schema import ColumnMap, Kind
 from msewatch.server.exposition import QualityCollector
+from msewatch.server.priority import run_in_background
 from msewatch.server.sink import LakeSink
 from msewatch.store import IngestResult, Store
 from msewatch.store._fast_path import FastPath, Prepared
@@ -335,6 +336,7 @@ class Committer:
 
     # -- the apply thread ---------------------------------------------------------------------------
     def _run_apply(self) -> None:
+        run_in_background()
         try:
             while True:
                 with self._cond:
@@ -408,6 +410,7 @@ class Committer:
 
     # -- the rollup thread --------------------------------------------------------------------------
     def _run_steps(self) -> None:
+        run_in_background()
         while True:
             with self._cond:
                 while not self._step_due() and not self._commits_done:

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from msewatch.config import SinkConfig
 from msewatch.errors import InputError
 from msewatch.lake import TABLES, LakeWriter, store_id
+from msewatch.server.priority import run_in_background
 from msewatch.store import Store
 
 __all__ = ["LakeSink"]
@@ -98,6 +99,7 @@ class LakeSink:
             return self._closing
 
     def _run(self) -> None:
+        run_in_background()  # the rows wait in the store meanwhile: never ahead of the answers
         while True:
             closing = self._wait()
             with self._cond:

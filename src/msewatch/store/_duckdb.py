@@ -168,7 +168,10 @@ class Store:
     0
     """
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str] = ":memory:", *, read_only: bool = False, threads: int | None = None
+    ) -> None:
+        """`threads`: DuckDB's worker threads for this database (default: one per core)."""
         self.path = str(path)
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"{self.path}: no such store; create it with `msewatch ingest`.")
@@ -193,6 +196,8 @@ class Store:
             raise StoreError(
                 f"{self.path}: not a DuckDB database or unreadable ({str(exc).splitlines()[0]})."
             ) from exc
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
         if not read_only:
             try:
                 self.con.execute(_DDL)
