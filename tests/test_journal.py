@@ -176,6 +176,29 @@ def test_the_id_filter_never_forgets() -> None:
     fresh = np.setdiff1d(rng.integers(0, 2**64, 5000, dtype=np.uint64), everything)
     assert not seen.any_of(fresh)
     assert len(seen._runs) <= 2 * int(np.log2(len(everything)) + 1)
+    assert seen._bitmap.nbytes * 8 >= 16 * len(everything)  # grown with the ids: few fresh hashes reach the runs
+
+
+def test_the_id_filter_bitmap_keeps_every_added_hash_through_growth() -> None:
+    """Hashes alike in their top bits (one bitmap word) and at the ends of the range, added in
+    many small runs across several doublings of the bitmap: each is found, none is invented."""
+    rng = np.random.default_rng(11)
+    seen = IdFilter()
+    edges = np.array([0, 1, 2**63, 2**64 - 2, 2**64 - 1], dtype=np.uint64)
+    crowd = (np.uint64(0xABCD) << np.uint64(48)) + rng.integers(0, 2**20, 3000, dtype=np.uint64)  # one word
+    added = [edges, crowd]
+    seen.add(edges)
+    seen.add(crowd)
+    for _ in range(40):
+        h = rng.integers(0, 2**64, 4000, dtype=np.uint64)
+        seen.add(h)
+        added.append(h)
+    everything = np.unique(np.concatenate(added))
+    assert len(seen._bitmap) * 64 > (1 << 20)  # it grew past its first size
+    assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in everything[rng.integers(0, len(everything), 2000)])
+    assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in [*edges, *crowd[:50]])
+    fresh = np.setdiff1d(rng.integers(0, 2**64, 20000, dtype=np.uint64), everything)
+    assert not seen.any_of(fresh)
 
 
 def test_a_failed_write_ends_its_file_so_the_next_record_is_never_behind_a_torn_one(

@@ -336,7 +336,6 @@ class Committer:
 
     # -- the apply thread ---------------------------------------------------------------------------
     def _run_apply(self) -> None:
-        run_in_background()
         try:
             while True:
                 with self._cond:
