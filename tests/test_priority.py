@@ -9,13 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import ServerProcess
 
-from msewatch.config import Config, ServerConfig, load_config
+from msewatch.config import ServerConfig, load_config
 from msewatch.errors import InputError
 from msewatch.server.priority import BACKGROUND_NICE, run_in_background
 from msewatch.store import Store
-
-from servers import ServerProcess
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="threads have their own nice value on Linux only")
 
@@ -100,7 +99,7 @@ def test_a_running_server_answers_at_normal_priority_and_applies_in_the_backgrou
         assert nices[pid] == os.getpriority(os.PRIO_PROCESS, 0)  # the main thread: the event loop
         assert len(background) == 1, nices  # the rollup thread; the apply thread keeps up with the answers
         scrape = httpx.get(server.url + "/metrics", timeout=30).text  # waits for the rollup step
-        assert re.search(r'^msewatch_predictions_total\{[^}]*\} 500\.0$', scrape, re.M), scrape[:3000]
+        assert re.search(r'^msewatch_predictions_total\{[^}]*\} 500\.0$', scrape, re.MULTILINE), scrape[:3000]
         assert server.stop() in (0, -15), server.log_text()  # SIGTERM: drained, then the signal
     with Store(tmp_path / "s.duckdb", read_only=True) as store:
         assert store.count("predictions") == 500
