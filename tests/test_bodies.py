@@ -77,6 +77,14 @@ def test_fast_path_agrees_with_the_careful_path(recs: list[dict], kind: str) -> 
         b'{"prediction_id":"a","ts":0,"y_pred":true}',  # a boolean prediction
         b'{"prediction_id":"a","ts":0,"y_pred":1}\n{"prediction_id":"b","ts":0,"y_pred":"x"}',  # mixed
         b'{"prediction_id":"\\u00e9","ts":0,"y_pred":1}',  # escapes
+        b'{"prediction_id":"a\\"b","ts":0,"y_pred":1}',  # any escape
+        b'{"prediction_id":"a","ts":0,"y_pred":Infinity}',  # not JSON, though Arrow reads it
+        b'{"prediction_id":"a","ts":0,"y_pred":-Infinity}',
+        b'{"prediction_id":"a","ts":NaN,"y_pred":1}',  # in a column read as text
+        b'{"prediction_id":NaN,"ts":0,"y_pred":1}',
+        b'{"prediction_id":"a","ts":0,"y_pred":1,"f":NaN}',  # a column of NaN alone
+        b'{"prediction_id":"a","ts":0,"y_pred":1,"i":5}\n{"prediction_id":"b","ts":0,"y_pred":1,"i":NaN}',
+        b'{"prediction_id":"a","ts":0,"y_pred":1e400}',  # no float64 holds it
         b'{"prediction_id":1.5,"ts":0,"y_pred":1}',  # a fractional id
         b'{"prediction_id":"a","ts":0,"y_pred":1,"y_pred":2}',  # a repeated key
         b'{"prediction_id":"a","ts":0,"y_pred":1}\r\n',  # CRLF
