@@ -85,7 +85,7 @@ class ServerConfig:
     def engine_threads(self) -> int:
         """DuckDB's threads in the server: the event loop, parsing and answering need about two
         cores of their own (one GIL), so DuckDB gets the rest, and on 2 cores works in the
-        threads that call it (a worker thread at normal priority would compete with answers)."""
+        threads that call it (see README, "Threads", for what that was measured to do)."""
         return self.duckdb_threads or max(1, (os.cpu_count() or 1) - 2)
 
 

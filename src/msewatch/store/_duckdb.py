@@ -171,7 +171,7 @@ class Store:
     def __init__(
         self, path: str | os.PathLike[str] = ":memory:", *, read_only: bool = False, threads: int | None = None
     ) -> None:
-        """`threads`: DuckDB's worker threads for this database (default: one per core)."""
+        """`threads`: DuckDB's `threads` setting for this database (default: one per core)."""
         self.path = str(path)
         if read_only and self.path != ":memory:" and not Path(self.path).exists():
             raise StoreError(f"{self.path}: no such store; create it with `msewatch ingest`.")

@@ -12,7 +12,7 @@ hashes costs O(n log N) over time. 8 bytes per id. A lookup first tests one bit 
 bitmap of 16-32 bits per id (2-4 bytes), so that only the ~5% of fresh hashes whose bit is set
 are searched in the runs. A binary search of each probe in each run missed the cache at
 every step: 5,000 probes against 20M ids took 7 ms of the answer thread; with the bitmap
-0.3 ms.
+0.4 ms.
 """
 
 from __future__ import annotations
