@@ -388,6 +388,8 @@ def serve_command(db: str | None, config_path: str | None, host: str | None, por
     /metrics follow the commits in a step that runs every [server] rollup_delay_ms (1000) or
     once rollup_rows (100,000) wait; a scrape, a dashboard load or a canary judgement runs it
     first, so it sees every answered request. /v1/metrics waits for the journal only.
+    DuckDB runs on [server] duckdb_threads threads (default: the cores minus two, at least
+    one), leaving the rest to parsing and answering.
     SIGTERM or Ctrl-C: stops taking requests, commits what was accepted, exits.
     """
     from msewatch.config import load_config
