@@ -83,7 +83,9 @@ def test_a_running_server_answers_at_normal_priority_and_applies_in_the_backgrou
     thread runs at nice 19, and rows posted land and are folded in (the background keeps up)."""
     import httpx
 
-    with ServerProcess(tmp_path / "s.duckdb") as server:
+    config = tmp_path / "msewatch.toml"
+    config.write_text("[server]\nduckdb_threads = 1\n")  # no DuckDB worker threads, on any machine
+    with ServerProcess(tmp_path / "s.duckdb", config=config) as server:
         assert server.proc is not None
         pid = server.proc.pid
         rows = "\n".join(f'{{"prediction_id": "p{i}", "ts": "2026-01-01T00:00:00Z", "y_pred": {i}}}' for i in range(500))
