@@ -30,23 +30,22 @@ _MIN_BITS = 1 << 20
 class IdFilter:
     def __init__(self, hashes: np.ndarray | None = None) -> None:
         self._runs: list[np.ndarray] = []
-        self._count = 0
         self._shift = 64 - _MIN_BITS.bit_length() + 1  # a hash's bit: its top (64 - shift) bits
         self._bitmap = np.zeros(_MIN_BITS // 64, dtype=np.uint64)
         if hashes is not None and len(hashes):
             self.add(hashes)
 
     def __len__(self) -> int:
-        return self._count
+        return sum(len(r) for r in self._runs)
 
     def add(self, hashes: np.ndarray, *, sorted_unique: bool = False) -> None:
         """Add hashes (`sorted_unique`: they are sorted and distinct already)."""
         run = np.asarray(hashes, dtype=np.uint64) if sorted_unique else _sorted_unique(hashes)
         if not len(run):
             return
-        self._count += len(run)  # an upper bound when a hash was added before: the bitmap's size only
-        if self._count * _BITS_PER_ID > len(self._bitmap) * 64:
-            self._grow()
+        count = len(self) + len(run)  # a hash added twice counts twice: it only sizes the bitmap
+        if count * _BITS_PER_ID > len(self._bitmap) * 64:
+            self._grow(count)
         self._mark(run)
         # merge while the newest run is at least half the size of the one before it
         while self._runs and len(self._runs[-1]) <= 2 * len(run):
@@ -70,10 +69,11 @@ class IdFilter:
                 return True
         return False
 
-    def _grow(self) -> None:
-        """A bitmap of at least `_BITS_PER_ID` bits per id (a power of two), marked anew."""
+    def _grow(self, count: int) -> None:
+        """A bitmap of at least `_BITS_PER_ID` bits for each of `count` ids (a power of two),
+        marked anew from the runs."""
         bits = _MIN_BITS
-        while bits < self._count * _BITS_PER_ID:
+        while bits < count * _BITS_PER_ID:
             bits *= 2
         self._shift = 64 - bits.bit_length() + 1
         self._bitmap = np.zeros(bits // 64, dtype=np.uint64)
