@@ -312,9 +312,12 @@ def test_catch_up_on_start_metrics_and_sigterm_flush(tmp_path: Path) -> None:
     server = ServerProcess(db, config=sink_config(tmp_path, 600), extra_args=["--sink", str(lake)])
     with server:
         deadline = time.monotonic() + 20
-        while len(list(lake.glob("predictions/**/*.parquet"))) == 0:
+        exported = 'msewatch_lake_rows_total{table="predictions"} 500.0'
+        # the counter moves once the export is done, a little after its file appears
+        while exported not in httpx.get(server.url + "/metrics").text:
             assert time.monotonic() < deadline, server.log_text()
             time.sleep(0.05)
+        assert list(lake.glob("predictions/**/*.parquet"))
         body = "\n".join(f'{{"prediction_id": "h{i}", "ts": 1717200000, "model": "eta", "version": "v", "y_pred": 1}}'
                          for i in range(50))
         r = httpx.post(server.url + "/v1/predictions", content=body, headers={"content-type": "application/x-ndjson"})
