@@ -4,6 +4,7 @@ each record once, and only a provably new and valid group is answered from the j
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,81 @@ def test_the_id_filter_bitmap_keeps_every_added_hash_through_growth() -> None:
     assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in [*edges, *crowd[:50]])
     fresh = np.setdiff1d(rng.integers(0, 2**64, 20000, dtype=np.uint64), everything)
     assert not seen.any_of(fresh)
+
+
+def test_the_id_filter_finds_every_hash_while_its_merges_and_growth_run_in_the_background() -> None:
+    """With merges and growth past 2,000 ids sent to the worker, each hash is found right after
+    it is added, whatever the worker is doing; once it is done, the runs are few again."""
+    rng = np.random.default_rng(23)
+    seen = IdFilter(inline_limit=2000)
+    added: list[np.ndarray] = []
+    workers = 0
+    for size in rng.integers(1, 1500, 400):
+        h = rng.integers(0, 2**64, size, dtype=np.uint64)
+        seen.add(h)
+        added.append(h)
+        workers += seen._worker is not None
+        assert seen.any_of(np.sort(h[rng.integers(0, len(h), 3)]))
+        older = added[rng.integers(0, len(added))]
+        assert seen.any_of(np.sort(older[:5]))
+    assert workers > 0  # the background path ran
+    seen.wait()
+    everything = np.concatenate(added)
+    assert len(seen) == len(np.unique(everything))
+    assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in everything[rng.integers(0, len(everything), 3000)])
+    fresh = np.setdiff1d(rng.integers(0, 2**64, 20000, dtype=np.uint64), everything)
+    assert not seen.any_of(fresh)
+    assert len(seen._runs) <= 2 * int(np.log2(len(everything)) + 1)
+    assert seen._bitmap.nbytes * 8 >= 16 * len(everything)
+
+
+def test_the_id_filter_adds_and_answers_while_a_background_merge_is_held_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread that adds and asks never waits for the worker: with the worker's merge held
+    up, adds and lookups go on, and the ids they add are found."""
+    from msewatch.store import _id_filter
+
+    release, started = threading.Event(), threading.Event()
+    plain_merge = _id_filter._merge
+
+    def held_merge(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
+        if threading.current_thread().name == "msewatch-id-filter":
+            started.set()
+            release.wait(30)
+        return plain_merge(older, newer)
+
+    monkeypatch.setattr(_id_filter, "_merge", held_merge)
+    rng = np.random.default_rng(29)
+    seen = IdFilter(inline_limit=1000)
+    first = rng.integers(0, 2**64, 900, dtype=np.uint64)
+    second = rng.integers(0, 2**64, 900, dtype=np.uint64)
+    seen.add(first)
+    seen.add(second)  # 900 + 900 > 1,000: the worker merges them
+    assert started.wait(30)
+    later: list[np.ndarray] = []
+    missed: list[int] = []
+    done = threading.Event()
+
+    def go_on() -> None:
+        for i in range(50):
+            h = rng.integers(0, 2**64, 300, dtype=np.uint64)
+            seen.add(h)
+            later.append(h)
+            if not seen.any_of(np.sort(h)):
+                missed.append(i)
+        done.set()
+
+    adder = threading.Thread(target=go_on)
+    adder.start()
+    assert done.wait(30), "adding waited for the background merge"
+    assert not missed
+    assert seen._worker is not None and seen._merging is not None  # still held up
+    everything = np.concatenate([first, second, *later])
+    assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in everything)
+    release.set()
+    adder.join()
+    seen.wait()
+    assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in everything)
+    assert len(seen) == len(np.unique(everything))
 
 
 def test_a_failed_write_ends_its_file_so_the_next_record_is_never_behind_a_torn_one(
