@@ -14,6 +14,7 @@ starts, as Prometheus expects of a process restart.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -73,7 +74,8 @@ class QualityCollector(Collector):
         self.config = config
         self.segments: tuple[str, ...] = config.metrics.segments
         self.label_names = ["model", "version", *self.segments]
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the series, their segment values, predictions, shadow
+        self._counts_lock = threading.Lock()  # labels, rejects and duplicates (`observe_ingest`)
         self._series: dict[tuple[str, ...], _Series] = {}
         self._predictions: dict[tuple[str, ...], int] = defaultdict(int)
         self._shadow: dict[tuple[str, str], int] = defaultdict(int)  # (model, version) → n
@@ -85,48 +87,57 @@ class QualityCollector(Collector):
 
     # -- updates (commit thread) -----------------------------------------------------------------
     def observe_pairs(self, pairs: pa.Table) -> None:
-        """Newly labeled predictions: model, version, segments…, y_pred, y_true, label_latency_s."""
-        if pairs.num_rows == 0:
+        """Newly labeled predictions: model, version, segments…, y_pred, y_true, label_latency_s.
+
+        Vectorised per row (a step folds in a few seconds' labels, millions of rows); the lock
+        is held to cap segment values and to add the per-series sums, not for the arithmetic.
+        """
+        n = pairs.num_rows
+        if n == 0:
             return
         with self._lock:
             pairs = self._capped(pairs)
-            for model in pc.unique(pairs["model"]).to_pylist():
-                part = pairs.filter(pc.equal(pairs["model"], model))
-                bounds = np.asarray(self.config.buckets_for(model))
-                r = part["y_pred"].to_numpy() - part["y_true"].to_numpy()
-                sq = r * r
-                latency = part["label_latency_s"]  # null when the label had no label_ts
-                lat_values = pc.fill_null(latency, 0.0).to_numpy()
-                table = pa.table(
-                    {
-                        **{n: part[n] for n in self.label_names},
-                        "_b": np.searchsorted(bounds, sq, side="left"),
-                        "_sq": sq,
-                        "_abs": np.abs(r),
-                        "_pos": np.maximum(r, 0.0),
-                        "_neg": np.maximum(-r, 0.0),
-                        "_lb": np.searchsorted(self._lat_bounds, lat_values, side="left"),
-                        "_lat": latency,
-                    }
-                )
-                sums = table.group_by(self.label_names).aggregate(
-                    [("_sq", "sum"), ("_abs", "sum"), ("_pos", "sum"), ("_neg", "sum"), ("_sq", "count"),
-                     ("_lat", "sum"), ("_lat", "count")]
-                )
-                for row in sums.to_pylist():
-                    s = self._get(row, len(bounds))
-                    s.sum_sq += row["_sq_sum"]
-                    s.sum_abs += row["_abs_sum"]
-                    s.sum_pos += row["_pos_sum"]
-                    s.sum_neg += row["_neg_sum"]
-                    s.count += row["_sq_count"]
-                    s.lat_sum += row["_lat_sum"] or 0.0
-                    s.lat_count += row["_lat_count"]
-                for row in table.group_by([*self.label_names, "_b"]).aggregate([("_b", "count")]).to_pylist():
-                    self._get(row, len(bounds)).buckets[row["_b"]] += row["_b_count"]
-                timed = table.filter(pc.is_valid(table["_lat"]))
-                for row in timed.group_by([*self.label_names, "_lb"]).aggregate([("_lb", "count")]).to_pylist():
-                    self._get(row, len(bounds)).lat_buckets[row["_lb"]] += row["_lb_count"]
+        keys, series = _series_of(pairs, self.label_names)
+        groups = len(keys)
+        r = pairs["y_pred"].to_numpy() - pairs["y_true"].to_numpy()
+        sq = r * r
+        latency = pc.cast(pairs["label_latency_s"], pa.float64())  # null when the label had no label_ts
+        timed = pc.is_valid(latency).to_numpy(zero_copy_only=False)
+        lat_values = pc.fill_null(latency, 0.0).to_numpy()
+        bounds = {model: np.asarray(self.config.buckets_for(model)) for model in {k[0] for k in keys}}
+        width = max(len(b) for b in bounds.values()) + 1
+        bucket = np.empty(n, dtype=np.int64)
+        group_model = np.array([k[0] for k in keys], dtype=object)
+        for model, model_bounds in bounds.items():
+            rows = (group_model == model)[series]
+            bucket[rows] = np.searchsorted(model_bounds, sq[rows], side="left")
+        n_lat = len(self._lat_bounds) + 1
+        lat_bucket = np.searchsorted(self._lat_bounds, lat_values[timed], side="left")
+
+        def per_group(weights: np.ndarray | None = None) -> np.ndarray:
+            return np.bincount(series, weights=weights, minlength=groups)
+
+        sum_sq, sum_abs = per_group(sq), per_group(np.abs(r))
+        sum_pos, sum_neg = per_group(np.maximum(r, 0.0)), per_group(np.maximum(-r, 0.0))
+        count = per_group()
+        lat_sum = per_group(np.where(timed, lat_values, 0.0))
+        lat_count = np.bincount(series[timed], minlength=groups)
+        buckets = np.bincount(series * width + bucket, minlength=groups * width).reshape(groups, width)
+        lat_buckets = np.bincount(series[timed] * n_lat + lat_bucket, minlength=groups * n_lat).reshape(groups, n_lat)
+        with self._lock:
+            for g, key in enumerate(keys):
+                s = self._series.get(key)
+                if s is None:
+                    s = self._series[key] = _Series(len(bounds[key[0]]), len(self._lat_bounds))
+                s.sum_sq += float(sum_sq[g])
+                s.sum_abs += float(sum_abs[g])
+                s.sum_pos += float(sum_pos[g])
+                s.sum_neg += float(sum_neg[g])
+                s.count += int(count[g])
+                s.lat_sum += float(lat_sum[g])
+                s.lat_count += int(lat_count[g])
+                s.buckets += buckets[g, :len(s.buckets)]
+                s.lat_buckets += lat_buckets[g]
 
     def observe_predictions(self, inserted: pa.Table) -> None:
         """New predictions grouped by model, version, segments…, with their count `n`."""
@@ -141,7 +152,9 @@ class QualityCollector(Collector):
                 self._shadow[(str(row["model"]), str(row["version"]))] += row["n"]
 
     def observe_ingest(self, kind: str, accepted: int, duplicates: int, errors: Sequence[str]) -> None:
-        with self._lock:
+        """Counted as each request is answered, under a lock of its own: an answer never waits
+        for a step's series."""
+        with self._counts_lock:
             if kind == "labels":
                 self._labels += accepted
             self._duplicates[kind] += duplicates
@@ -160,29 +173,35 @@ class QualityCollector(Collector):
         return series
 
     def _capped(self, table: pa.Table) -> pa.Table:
-        """Segment values past the per-model cap replaced by `__other__` (under the lock)."""
+        """Segment values past the per-model cap replaced by `__other__` (under the lock).
+
+        First come, first kept: a model's distinct values are taken in the order of their
+        first row, so the outcome is that of a row-by-row pass, at the cost of one per value.
+        """
         cap = self.config.metrics.max_segment_values
+        model_codes, models = _codes(table["model"])
         for name in self.segments:
             if name not in table.column_names:
                 table = table.append_column(name, pa.nulls(table.num_rows, pa.string()))
                 continue
             column = pc.cast(table[name], pa.string())
-            models = table["model"].to_pylist()
-            values = column.to_pylist()
-            out = []
-            for model, value in zip(models, values):
+            value_codes, values = _codes(column)
+            pairs = model_codes * len(values) + value_codes
+            over = []
+            for pair in _in_order_of_first_row(pairs, len(models) * len(values)):
+                model, value = models[pair // len(values)], values[pair % len(values)]
                 if value is None:
-                    out.append(None)
                     continue
                 seen = self._seen[(model, name)]
                 if value in seen:
-                    out.append(value)
-                elif len(seen) < cap:
+                    continue
+                if len(seen) < cap:
                     seen.add(value)
-                    out.append(value)
                 else:
-                    out.append(OTHER)
-            table = table.set_column(table.column_names.index(name), name, pa.array(out, pa.string()))
+                    over.append(pair)
+            if over:
+                column = pc.if_else(pa.array(np.isin(pairs, over)), pa.scalar(OTHER), column)
+            table = table.set_column(table.column_names.index(name), name, column)
         return table
 
     # -- exposition ---------------------------------------------------------------------------------
@@ -226,14 +245,67 @@ class QualityCollector(Collector):
                 neg.add_metric(list(key), s.sum_neg)
             for key, n in sorted(self._predictions.items()):
                 preds.add_metric(list(key), float(n))
-            labels.add_metric([], float(self._labels))
             for (model, version), n in sorted(self._shadow.items()):
                 shadow.add_metric([model, version], float(n))
+        with self._counts_lock:
+            labels.add_metric([], float(self._labels))
             for (kind, reason), n in sorted(self._rejects.items()):
                 rejects.add_metric([kind, reason], float(n))
             for kind, n in sorted(self._duplicates.items()):
                 dups.add_metric([kind], float(n))
         yield from (hist, latency, abs_err, pos, neg, preds, labels, shadow, rejects, dups)
+
+
+def _codes(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's index into the column's distinct values as text, and those values; a null's
+    index is the last, whose value is None."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(pc.cast(column, pa.string()))
+    values: list[str | None] = [*encoded.dictionary.to_pylist(), None]
+    codes = pc.fill_null(encoded.indices, len(values) - 1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return codes, values
+
+
+def _in_order_of_first_row(codes: np.ndarray, space: int) -> np.ndarray:
+    """The distinct values of `codes` (each in [0, space)), in the order of their first row."""
+    if space <= max(1 << 22, 4 * len(codes)):
+        first = np.full(space, len(codes), dtype=np.int64)
+        np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
+        present = np.flatnonzero(first < len(codes))
+        return present[np.argsort(first[present], kind="stable")]
+    distinct, first = np.unique(codes, return_index=True)
+    return distinct[np.argsort(first, kind="stable")]
+
+
+def _series_of(table: pa.Table, names: Sequence[str]) -> tuple[list[tuple[str, ...]], np.ndarray]:
+    """The distinct label sets of the rows (their values as text, "" for null) and each row's
+    index into them."""
+    codes, values = zip(*(_codes(table[name]) for name in names))
+    space = math.prod(len(v) for v in values)
+    if space < 1 << 62:  # one integer per row: its codes as the digits of a mixed-radix number
+        combined = np.zeros(table.num_rows, dtype=np.int64)
+        for column_codes, column_values in zip(codes, values):
+            combined = combined * len(column_values) + column_codes
+        if space <= max(1 << 22, 4 * table.num_rows):
+            distinct = np.flatnonzero(np.bincount(combined, minlength=space))
+            renumber = np.zeros(space, dtype=np.int64)
+            renumber[distinct] = np.arange(len(distinct))
+            series = renumber[combined]
+        else:
+            distinct, series = np.unique(combined, return_inverse=True)
+        rows = []
+        for number in distinct.tolist():
+            digits = []
+            for column_values in reversed(values):
+                number, digit = divmod(number, len(column_values))
+                digits.append(column_values[digit])
+            rows.append(digits[::-1])
+    else:
+        distinct, series = np.unique(np.stack(codes, axis=1), axis=0, return_inverse=True)
+        rows = [[v[i] for v, i in zip(values, row)] for row in distinct.tolist()]
+    keys = [tuple("" if v is None else str(v) for v in row) for row in rows]
+    return keys, np.asarray(series, dtype=np.int64).reshape(-1)
 
 
 def _le(bound: float) -> str:
