@@ -812,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of the timed predictions phase")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first (0: none)")
     ap.add_argument("--label-seconds", type=float, default=10.0, help="duration of the labels phase (0: skip it)")
-    ap.add_argument("--max-events", type=int, default=3_000_000,
+    ap.add_argument("--max-events", type=int, default=8_000_000,
                     help="most events prepared for the timed phase (memory: ~130 bytes each)")
     ap.add_argument("--ts-spread", type=float, default=60.0,
                     help="prediction times lie within this many seconds before the bodies were built")
