@@ -225,7 +225,11 @@ class Outcome:
 
 def test_sigterm_drains_in_flight_requests_and_refuses_new_ones(tmp_path: Path) -> None:
     db = tmp_path / "store.duckdb"
-    server = ServerProcess(db)
+    # a group waits 100 ms for company: requests spend most of their time queued, so the signal
+    # meets some (with the default 5 ms, a loaded machine's scrapes of the queue could miss them)
+    config = tmp_path / "msewatch.toml"
+    config.write_text("[server]\ncommit_delay_ms = 100\n")
+    server = ServerProcess(db, config=config)
     server.start()
     rows = 3000  # large batches, so commits are under way when the signal comes
     outcomes: list[list[Outcome]] = [[] for _ in range(4)]
