@@ -84,13 +84,17 @@ def test_run_in_background_lowers_only_the_calling_thread() -> None:
 
 @linux_only
 @below_background
-def test_a_running_server_answers_at_normal_priority_and_applies_in_the_background(tmp_path: Path) -> None:
-    """A real `msewatch serve`: the event loop keeps the process's nice value, the rollup
-    thread runs at nice 19, and rows posted land and are folded in (the background keeps up)."""
+def test_a_running_server_answers_at_normal_priority_and_exports_in_the_background(tmp_path: Path) -> None:
+    """A real `msewatch serve` with a lake sink: the lake export is its one thread at nice 19
+    (the event loop, the apply thread and the rollup step keep the process's priority), and
+    rows posted land in the store, the rollups and the lake (the background keeps up)."""
+    import duckdb
     import httpx
 
     config = tmp_path / "msewatch.toml"
-    config.write_text("[server]\nduckdb_threads = 1\n")  # no DuckDB worker threads, on any machine
+    lake = tmp_path / "lake"
+    # no DuckDB worker threads, on any machine
+    config.write_text(f"[server]\nduckdb_threads = 1\n\n[sink]\ndir = '{lake}'\nflush_seconds = 1\n")
     with ServerProcess(tmp_path / "s.duckdb", config=config) as server:
         assert server.proc is not None
         pid = server.proc.pid
@@ -105,9 +109,11 @@ def test_a_running_server_answers_at_normal_priority_and_applies_in_the_backgrou
                 break
             time.sleep(0.1)
         assert nices[pid] == os.getpriority(os.PRIO_PROCESS, 0)  # the main thread: the event loop
-        assert len(background) == 1, nices  # the rollup thread; the apply thread keeps up with the answers
+        assert len(background) == 1, nices  # the lake export; the rollup step would make two
         scrape = httpx.get(server.url + "/metrics", timeout=30).text  # waits for the rollup step
         assert re.search(r'^msewatch_predictions_total\{[^}]*\} 500\.0$', scrape, re.MULTILINE), scrape[:3000]
         assert server.stop() in (0, -15), server.log_text()  # SIGTERM: drained, then the signal
     with Store(tmp_path / "s.duckdb", read_only=True) as store:
         assert store.count("predictions") == 500
+    exported = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lake}/predictions/**/*.parquet')").fetchall()
+    assert exported == [(500,)]

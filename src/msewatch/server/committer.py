@@ -43,7 +43,6 @@ from msewatch.config import Config
 from msewatch.errors import MsewatchError
 from msewatch.schema import ColumnMap, Kind
 from msewatch.server.exposition import QualityCollector
-from msewatch.server.priority import run_in_background
 from msewatch.server.sink import LakeSink
 from msewatch.store import IngestResult, Store
 from msewatch.store._fast_path import FastPath, Prepared
@@ -409,7 +408,8 @@ class Committer:
 
     # -- the rollup thread --------------------------------------------------------------------------
     def _run_steps(self) -> None:
-        run_in_background()
+        # normal priority, as the apply thread (see `priority`): the step is a write transaction,
+        # and DuckDB checkpoints the WAL of every commit made meanwhile at its COMMIT
         while True:
             with self._cond:
                 while not self._step_due() and not self._commits_done:
