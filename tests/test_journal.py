@@ -219,6 +219,7 @@ def test_the_id_filter_finds_every_hash_while_its_merges_and_growth_run_in_the_b
         assert seen.any_of(np.sort(older[:5]))
     assert workers > 0  # the background path ran
     seen.wait()
+    assert seen._worker is None and seen._due_pair() is None and not seen._short(len(seen))  # nothing left due
     everything = np.concatenate(added)
     assert len(seen) == len(np.unique(everything))
     assert all(seen.any_of(np.array([h], dtype=np.uint64)) for h in everything[rng.integers(0, len(everything), 3000)])

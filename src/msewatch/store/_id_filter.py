@@ -51,6 +51,7 @@ class IdFilter:
             self.wait()  # built whole before its first use
 
     def __len__(self) -> int:
+        """Hashes held; one added twice (an id stored again by the exact path) counts twice."""
         with self._lock:
             return sum(len(r) for r in self._runs)
 
@@ -69,8 +70,9 @@ class IdFilter:
                 for r in self._runs:
                     _mark(self._bitmap, self._shift, r)
             if self._worker is None and (self._due_pair() is not None or self._short(count)):
-                self._worker = threading.Thread(target=self._maintain, name="msewatch-id-filter", daemon=True)
-                self._worker.start()
+                worker = threading.Thread(target=self._maintain, name="msewatch-id-filter", daemon=True)
+                worker.start()  # it waits for the lock: set below before it can look
+                self._worker = worker
 
     def any_of(self, hashes: np.ndarray) -> bool:
         """Whether any of `hashes` (sorted: searches touch memory in order) may be in the set."""
@@ -134,6 +136,7 @@ class IdFilter:
                     count = sum(len(r) for r in self._runs)
                     grow = self._short(count)
                     if i is None and not grow:
+                        self._worker = None  # under the same lock: an add from now on starts another
                         return
                     pair = (self._runs[i], self._runs[i + 1]) if i is not None else None
                     self._merging = pair
@@ -160,7 +163,6 @@ class IdFilter:
                     self._bitmap, self._shift = bitmap, shift
         except Exception:  # the runs and the bitmap are as they were: correct, only slower
             log.exception("the id filter's background merge failed")
-        finally:
             with self._lock:
                 self._merging = None
                 self._worker = None
