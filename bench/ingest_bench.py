@@ -7,6 +7,7 @@ after its group commit), p99 request latency at most 100 ms per batch of 1,000 e
     python bench/ingest_bench.py                      # defaults: ~1-2 minutes
     python bench/ingest_bench.py --seconds 60 --clients 16
     python bench/ingest_bench.py --profile            # + where the server spends its time (py-spy)
+    python bench/ingest_bench.py --scrape 2           # + a /metrics scrape every 2 s, timed
     python bench/ingest_bench.py --json > ingest.json # machine-readable result on stdout
 
 What it does:
@@ -44,6 +45,10 @@ What it does:
    DuckDB's own checkpoints cost a writer of the server's shape. The server's rate is printed
    as a ratio of these.
 
+--scrape S GETs /metrics every S seconds during each phase, as a Prometheus server would, and
+reports how long the scrapes took: a scrape first waits (at most 5 s) for the rollup step to
+fold in every answered request, so its time is how far the counters trail the answers.
+
 Timings are for people to read; missing a target does not change the exit status. The exit
 status is 1 only when the run itself fails (server error answers, rejected events, counts in
 the store that differ from the accepted counts).
@@ -69,6 +74,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -417,6 +423,21 @@ def _read_tagged(proc: subprocess.Popen, tag: str) -> dict | list:
     raise SystemExit(f"a child process ended (status {proc.returncode}) before printing {tag}")
 
 
+def _scrape_loop(url: str, every: float, stop: threading.Event, took: list[float | None]) -> None:
+    """GET /metrics every `every` s until `stop`, as Prometheus would: the seconds each took
+    (None: failed). The server first waits for its rollup step (at most 5 s), so a scrape's
+    time is how far the counters trail the answers."""
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+                r.read()
+            took.append(time.perf_counter() - t)
+        except (urllib.error.URLError, OSError):
+            took.append(None)
+        stop.wait(max(0.0, every - (time.perf_counter() - t)))
+
+
 def run_phase(server: Server, kind: str, args, tag: str, seconds: float, n_bodies: list[int], profile_to: Path | None,
               log: Callable[[str], None]) -> dict:
     """One load phase: the client processes build their bodies, then all start together."""
@@ -443,8 +464,16 @@ def run_phase(server: Server, kind: str, args, tag: str, seconds: float, n_bodie
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
+    scrapes: list[float | None] = []
+    stop_scraping = threading.Event()
+    scraper = threading.Thread(target=_scrape_loop, args=(server.url, args.scrape, stop_scraping, scrapes), daemon=True)
+    if args.scrape > 0:
+        scraper.start()
     results = [_read_tagged(p, "RESULT") for p in procs]
     wall1 = time.time()
+    stop_scraping.set()
+    if args.scrape > 0:
+        scraper.join(35)
     busy1, steal1 = _machine_busy()
     srv1, thr1 = _proc_cpu(server.pid), _threads_cpu(server.pid)
     spy_cpu = _proc_cpu(spy.pid) - spy0 if spy else 0.0
@@ -503,6 +532,8 @@ def run_phase(server: Server, kind: str, args, tag: str, seconds: float, n_bodie
         "window": (wall0, wall1),
         "vmrss_mb": _status_mb(server.pid, "VmRSS"),
         "profile": str(profile_to) if profile_to else None,
+        "scrape_s": _pcts([x for x in scrapes if x is not None]),
+        "scrapes_failed": sum(x is None for x in scrapes),
     }
 
 
@@ -750,6 +781,11 @@ def report(res: dict, out) -> None:
         extra = "; ran out of prepared bodies before the time was up" if ph["ran_out"] else ""
         print(f"  {ph['name']}: {ph['accepted']:,} accepted in {ph['wall_s']:.1f} s by {res['args']['clients']} "
               f"connections; events/s by quarter: {q}{extra}", file=out)
+        sc = ph.get("scrape_s") or {}
+        if sc.get("n") or ph.get("scrapes_failed"):
+            failed = f", {ph['scrapes_failed']} failed" if ph.get("scrapes_failed") else ""
+            print(f"  {ph['name']}: /metrics scraped every {res['args']['scrape']:g} s: {sc['n']} scrapes, "
+                  f"p50 {sc['p50']:.2f} s, max {sc['max']:.2f} s{failed}", file=out)
     st = res.get("store")
     if st:
         for ph in phases:
@@ -829,6 +865,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="where --preload finds or makes its files")
     ap.add_argument("--config", type=Path, help="msewatch.toml passed to the server (limits, group size)")
     ap.add_argument("--seed", type=int, default=42, help="seed of the generated events (and of --preload files)")
+    ap.add_argument("--scrape", type=float, default=0.0,
+                    help="GET /metrics every this many seconds during each phase, as Prometheus would, and report "
+                         "how long the scrapes took (0: none)")
     ap.add_argument("--profile", action="store_true",
                     help="run py-spy on the server during the timed phases and print where its threads spend "
                          "their time")
