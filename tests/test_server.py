@@ -484,6 +484,7 @@ PREDICTION_CASES: list[tuple[Any, str]] = [
     (None, "expected a JSON object, found null"),
     (True, "expected a JSON object, found a boolean"),
     ([pred("hr-inner")], "expected a JSON object, found an array"),
+    (pred("hr-ytrue-text", y_true="abc"), "y_true is not a number: 'abc'"),  # optional, but a number when given
 ]
 
 
@@ -509,6 +510,17 @@ def test_bad_predictions_beside_good_ones(client: httpx.Client) -> None:
     # a huge integer is a number (beyond int64 it is read as text, then as a float)
     big = ok(post(client, "predictions", [pred("hr-bigint", 18446744073709551615, model=model)]))
     assert big["accepted"] == 1
+
+
+def test_a_prediction_s_y_true_is_optional_and_not_kept(client: httpx.Client) -> None:
+    """A y_true on a prediction may be null (not known yet) or a number; predictions do not
+    keep it (labels come through /v1/labels), so neither labels the prediction."""
+    model = "inline-y-true"
+    body = [pred("iy-null", 1.0, model=model, y_true=None), pred("iy-num", 2.0, model=model, y_true=2.5),
+            pred("iy-none", 3.0, model=model)]
+    answer = ok(post(client, "predictions", body))
+    assert (answer["accepted"], answer["rejected"]) == (3, [])
+    assert counts(client, model) == (3, 0)
 
 
 LABEL_CASES: list[tuple[Any, str]] = [

@@ -154,7 +154,9 @@ def normalize(
     for contract in ("y_pred",) if kind == "shadow" else ("y_pred", "y_true"):
         value = col(contract)
         if value is not None:
-            number, number_checks = _finite_number(value, contract)
+            # a prediction's y_true is optional (null: not known yet); predictions do not keep it
+            required = not (kind == "predictions" and contract == "y_true")
+            number, number_checks = _finite_number(value, contract, required=required)
             out[contract] = number
             checks += number_checks
 
@@ -273,12 +275,13 @@ def _not_finite(number: ir.FloatingValue) -> ir.BooleanValue:
 
 
 def _finite_number(
-    value: ir.Value, name: str
+    value: ir.Value, name: str, *, required: bool = True
 ) -> tuple[ir.FloatingValue, list[tuple[ir.BooleanValue, ir.StringValue]]]:
+    """The value as a float64, and its checks: present (when `required`), a number, finite."""
     number = _number(value)
-    checks = [
-        (value.isnull(), ibis.literal(f"{name} is missing")),
-        (number.isnull(), f"{name} is not a number: " + _quoted(value)),
+    checks = [(value.isnull(), ibis.literal(f"{name} is missing"))] if required else []
+    checks += [
+        (value.notnull() & number.isnull(), f"{name} is not a number: " + _quoted(value)),
         (_not_finite(number), f"{name} is not a finite number: " + _quoted(value)),
     ]
     return number, checks
