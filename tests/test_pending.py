@@ -91,8 +91,17 @@ def _with_rows(table: pa.Table) -> pa.RecordBatch:
     return table.append_column("_row", rows).combine_chunks().to_batches()[0]
 
 
+@pytest.mark.parametrize("lookups", [False, True], ids=["join", "point-lookups"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_deferred_steps_end_where_the_same_transaction_ends(tmp_path: Path, seed: int) -> None:
+def test_deferred_steps_end_where_the_same_transaction_ends(
+    tmp_path: Path, seed: int, lookups: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steps now and then fold in what one transaction per ingest does; with `lookups`, every
+    step finds the predictions of its new labels by point queries through the id index (a
+    large store's small steps do), not by the join."""
+    from msewatch.store import _pending
+
+    monkeypatch.setattr(_pending, "_SCAN_ROWS_PER_LOOKUP", 0 if lookups else 10**18)
     ops = _operations(seed)
     same = Store(tmp_path / "same.duckdb")
     later = Store(tmp_path / "later.duckdb")

@@ -31,6 +31,12 @@ from msewatch.store._segment_rollups import _q
 
 __all__ = ["Applied", "apply"]
 
+# A step's newly labelled ids find their predictions through the unique id index, one point
+# query each, while they are fewer than the stored predictions / this; else one join scans
+# every stored id. Measured in a step on 10M predictions: the join 0.40 s, for 1,000 new labels
+# as for 2M; 100 ids looked up 0.18 s for the whole step (0.43 s by the join), 400 ids 0.51 s.
+_SCAN_ROWS_PER_LOOKUP = 50_000
+
 
 @dataclass
 class Applied:
@@ -72,12 +78,13 @@ def apply(con: Any, segments: Sequence[str], pair_columns: Sequence[str] | None 
     waited = 0
     if n_ids:
         n_labels = int(con.execute("SELECT sum(n) FROM _nl").fetchall()[0][0])
-        # each newly labelled id with its prediction, if any: one scan of the predictions per step
+        # each newly labelled id with its prediction, if any
         p_cols = ", ".join(f"p.{_q(c)}" for c in kept)
+        source = _looked_up(con, cols, n_ids)
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _nlp AS
             SELECT n.prediction_id, n.first_revision, {p_cols}, p.ingested_at AS p_ingested_at
-            FROM _nl n LEFT JOIN predictions p USING (prediction_id)"""
+            FROM _nl n LEFT JOIN {source} p USING (prediction_id)"""
         )
     if n_pred:
         waited = con.execute(
@@ -134,9 +141,26 @@ def apply(con: Any, segments: Sequence[str], pair_columns: Sequence[str] | None 
         )
     rollups.set_watermark(con, through)
     con.execute(
-        "DROP TABLE IF EXISTS _np; DROP TABLE IF EXISTS _nl; DROP TABLE IF EXISTS _nlp; DROP TABLE IF EXISTS _firsts"
+        "DROP TABLE IF EXISTS _np; DROP TABLE IF EXISTS _nl; DROP TABLE IF EXISTS _nlp; DROP TABLE IF EXISTS _firsts; "
+        "DROP TABLE IF EXISTS _found"
     )
     return applied
+
+
+def _looked_up(con: Any, cols: str, n_ids: int) -> str:
+    """Where the predictions of the ids in `_nl` are read from: `predictions` (a join scans it
+    whole), or `_found`, the rows that point queries through the id index found, when the ids
+    are few against the stored predictions."""
+    stored = con.execute("SELECT count(*) FROM predictions").fetchall()[0][0]
+    if n_ids * _SCAN_ROWS_PER_LOOKUP >= stored:
+        return "predictions"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _found AS SELECT {cols}, ingested_at FROM predictions LIMIT 0")
+    point = f"SELECT {cols}, ingested_at FROM predictions WHERE prediction_id = ?"  # `?`: 0.44 ms, `$id`: 1.1
+    rows = [row for (pid,) in con.execute("SELECT prediction_id FROM _nl").fetchall()
+            for row in con.execute(point, [pid]).fetchall()]
+    if rows:
+        con.executemany(f"INSERT INTO _found VALUES ({', '.join('?' * len(rows[0]))})", rows)
+    return "_found"
 
 
 def _literal(at: dt.datetime) -> str:
