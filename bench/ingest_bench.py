@@ -466,13 +466,15 @@ def run_phase(server: Server, kind: str, args, tag: str, seconds: float, n_bodie
         p.stdin.flush()
     scrapes: list[float | None] = []
     stop_scraping = threading.Event()
-    scraper = threading.Thread(target=_scrape_loop, args=(server.url, args.scrape, stop_scraping, scrapes), daemon=True)
+    scraper = None
     if args.scrape > 0:
+        scraper = threading.Thread(target=_scrape_loop, args=(server.url, args.scrape, stop_scraping, scrapes),
+                                   daemon=True)
         scraper.start()
     results = [_read_tagged(p, "RESULT") for p in procs]
     wall1 = time.time()
     stop_scraping.set()
-    if args.scrape > 0:
+    if scraper is not None:
         scraper.join(35)
     busy1, steal1 = _machine_busy()
     srv1, thr1 = _proc_cpu(server.pid), _threads_cpu(server.pid)

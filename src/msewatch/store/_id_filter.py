@@ -53,7 +53,7 @@ class IdFilter:
     def __len__(self) -> int:
         """Hashes held; one added twice (an id stored again by the exact path) counts twice."""
         with self._lock:
-            return sum(len(r) for r in self._runs)
+            return self._held()
 
     def add(self, hashes: np.ndarray, *, sorted_unique: bool = False) -> None:
         """Add hashes (`sorted_unique`: they are sorted and distinct already)."""
@@ -64,7 +64,7 @@ class IdFilter:
             _mark(self._bitmap, self._shift, run)
             self._runs.append(run)
             self._merge_tail()
-            count = sum(len(r) for r in self._runs)
+            count = self._held()
             if self._worker is None and (count <= self._inline_limit or len(self._runs) == 1) and self._short(count):
                 self._bitmap, self._shift = _bitmap(_bits_for(count))  # small, or the first run: at once
                 for r in self._runs:
@@ -101,6 +101,9 @@ class IdFilter:
             worker.join()
 
     # -- under the lock ---------------------------------------------------------------------------
+    def _held(self) -> int:
+        return sum(len(r) for r in self._runs)
+
     def _merge_tail(self) -> None:
         """Merge the newest runs while the older is at most twice the newer and both are small."""
         runs = self._runs
@@ -133,14 +136,14 @@ class IdFilter:
             while True:
                 with self._lock:
                     i = self._due_pair()
-                    count = sum(len(r) for r in self._runs)
+                    count = self._held()
                     grow = self._short(count)
                     if i is None and not grow:
                         self._worker = None  # under the same lock: an add from now on starts another
                         return
                     pair = (self._runs[i], self._runs[i + 1]) if i is not None else None
                     self._merging = pair
-                    marked = list(self._runs)  # what the new bitmap is built from (and kept alive)
+                    marked = [] if pair else list(self._runs)  # what a new bitmap is built from (kept alive)
                 if pair is not None:
                     merged = _merge(*pair)
                     with self._lock:  # only this thread removes runs it merges: they are still neighbours
@@ -152,20 +155,24 @@ class IdFilter:
                 for r in marked:
                     _mark(bitmap, shift, r)
                 with self._lock:
-                    since = [r for r in self._runs if not any(r is m for m in marked)]
+                    since = _other_runs(self._runs, marked)
                 for r in since:  # runs added (or merged) while it was built: most of them here…
                     _mark(bitmap, shift, r)
                 marked += since
                 with self._lock:  # …and the few added meanwhile under the lock, then it serves
-                    for r in self._runs:
-                        if not any(r is m for m in marked):
-                            _mark(bitmap, shift, r)
+                    for r in _other_runs(self._runs, marked):
+                        _mark(bitmap, shift, r)
                     self._bitmap, self._shift = bitmap, shift
         except Exception:  # the runs and the bitmap are as they were: correct, only slower
             log.exception("the id filter's background merge failed")
             with self._lock:
                 self._merging = None
                 self._worker = None
+
+
+def _other_runs(runs: list[np.ndarray], marked: list[np.ndarray]) -> list[np.ndarray]:
+    """The runs that are not among `marked` (by identity: runs are never changed in place)."""
+    return [r for r in runs if not any(r is m for m in marked)]
 
 
 def _merge(older: np.ndarray, newer: np.ndarray) -> np.ndarray:
